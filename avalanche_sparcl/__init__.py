@@ -1,0 +1,7 @@
+"""SparCL (Wang et al., NeurIPS 2022) as Avalanche plugins: sparse continual learning."""
+
+from avalanche_sparcl.plugins import TDMPlugin
+
+__version__ = "0.1.0"
+
+__all__ = ["TDMPlugin", "__version__"]

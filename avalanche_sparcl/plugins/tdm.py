@@ -1,0 +1,71 @@
+"""TDMPlugin: task-aware dynamic masking (SparCL Sec. 4.1) for any Avalanche SGD strategy."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+from avalanche.core import SupervisedPlugin
+from avalanche.models.utils import avalanche_forward
+
+from avalanche_sparcl.sparse.dynamic import DynamicSparsity, TDMSettings
+from avalanche_sparcl.validation import reject_unknown_options
+
+
+class TDMPlugin(SupervisedPlugin):
+    """Keeps the model sparse from the first step on, with a mask that adapts to each experience.
+
+    Options (defaults are the paper setting): ``sparsity`` of the masked layers; ``profile`` (mapping
+    or YAML file ``prune_ratios: {parameter_name: sparsity}``) to choose layers and per-layer ratios;
+    ``importance_lambda`` (CWI gradient weight); ``expand_ratio`` (extra capacity at each experience
+    start) and ``mutate_ratio`` (share of each layer swapped per update), both fractions of the
+    layer; ``update_every`` and ``freeze_at`` as fractions of the experience's epochs; ``seed`` of
+    the random regrowth.
+    """
+
+    def __init__(self, sparsity: float = 0.75, **options: Any):
+        super().__init__()
+        accepted = {f.name for f in dataclasses.fields(TDMSettings)}
+        reject_unknown_options("TDMPlugin", set(options) - accepted, accepted)
+        self.settings = TDMSettings(sparsity=sparsity, **options)
+        self.dynamic_sparsity: DynamicSparsity | None = None
+
+    @property
+    def masks(self) -> dict[str, torch.Tensor]:
+        """Parameter name -> bool mask (True = kept); empty until training starts."""
+        return {} if self.dynamic_sparsity is None else self.dynamic_sparsity.masks
+
+    def before_training_exp(self, strategy: Any, **kwargs: Any) -> None:
+        """Build the masks on first use, then expand them for the new experience."""
+        if self.dynamic_sparsity is None:
+            self.dynamic_sparsity = DynamicSparsity.for_model(
+                strategy.model, self.settings, lambda: probe_forward(strategy)
+            )
+        self.dynamic_sparsity.start_experience(strategy.train_epochs, strategy.optimizer)
+
+    def before_training_iteration(self, strategy: Any, **kwargs: Any) -> None:
+        """Run the mask update the schedule has due at this iteration."""
+        self.dynamic_sparsity.step(
+            strategy.clock.train_exp_epochs,
+            strategy.clock.train_epoch_iterations,
+            len(strategy.dataloader),
+            strategy.optimizer,
+        )
+
+    def after_backward(self, strategy: Any, **kwargs: Any) -> None:
+        """Feed CWI with the unmasked gradients, then zero those of pruned weights."""
+        self.dynamic_sparsity.observe_gradients()
+        self.dynamic_sparsity.mask_gradients()
+
+    def after_update(self, strategy: Any, **kwargs: Any) -> None:
+        """Re-zero pruned weights after the optimizer step."""
+        self.dynamic_sparsity.mask_weights()
+
+
+def probe_forward(strategy: Any) -> Any:
+    """One forward pass on the first training example, to see the order of the model's layers."""
+    example = strategy.adapted_dataset[0]
+    inputs = torch.as_tensor(example[0]).unsqueeze(0).to(strategy.device)
+    task_labels = torch.as_tensor([int(example[2])], device=strategy.device)
+    return avalanche_forward(strategy.model, inputs, task_labels)

@@ -1,0 +1,217 @@
+"""TDM's engine: owns the masks of one model, their importance and the update schedule.
+
+Framework-free (like rigl-torch's ``RigLScheduler``): a plain training loop or an Avalanche plugin
+drives it with four calls, ``start_experience``, ``step`` (before each iteration),
+``observe_gradients`` + ``mask_gradients`` (after backward) and ``mask_weights`` (after the
+optimizer step).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from avalanche_sparcl.sparse.importance import ContinualWeightImportance
+from avalanche_sparcl.sparse.layers import (
+    ProfileLike,
+    default_sparse_weights,
+    load_profile,
+    resolve_profile,
+)
+from avalanche_sparcl.sparse.masks import (
+    clear_optimizer_state,
+    grow_random,
+    kept_count,
+    prune_lowest,
+    top_k_mask,
+)
+from avalanche_sparcl.sparse.schedule import ExperienceSchedule, MaskUpdateKind, mask_updates
+from avalanche_sparcl.validation import check_fraction
+
+
+@dataclass(frozen=True)
+class TDMSettings:
+    """TDM hyperparameters; defaults are the paper setting (schedule fractions of 50 epochs)."""
+
+    sparsity: float = 0.75
+    profile: ProfileLike | None = None
+    importance_lambda: float = 0.5
+    expand_ratio: float = 0.01
+    mutate_ratio: float = 0.01
+    update_every: float = 0.1
+    freeze_at: float = 0.9
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_fraction("sparsity", self.sparsity)
+        if self.profile is not None:
+            object.__setattr__(self, "profile", load_profile(self.profile))
+        lam = self.importance_lambda
+        if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not lam >= 0 or math.isinf(lam):
+            raise ValueError(f"importance_lambda must be a finite number >= 0, got {lam!r}")
+        check_fraction("update_every", self.update_every, include_low=False, include_high=True)
+        check_fraction("freeze_at", self.freeze_at, include_low=False, include_high=True)
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ValueError(f"seed must be an integer, got {self.seed!r}")
+        for sparsity in self.layer_sparsities():
+            check_layer_ratios(sparsity, self.expand_ratio, self.mutate_ratio)
+
+    def layer_sparsities(self) -> list[float]:
+        """The distinct target sparsities of the masked layers."""
+        return sorted(set(self.profile.values())) if self.profile else [self.sparsity]
+
+
+def check_layer_ratios(sparsity: float, expand_ratio: float, mutate_ratio: float) -> None:
+    """Expansion can only reuse pruned weights; a mutation must fit both kept and pruned sets."""
+    check_fraction("expand_ratio", expand_ratio, high=sparsity, include_high=True)
+    check_fraction("mutate_ratio", mutate_ratio, high=min(sparsity, 1 - sparsity), include_high=True)
+
+
+@dataclass
+class MaskUpdateRecord:
+    """What one mask change did, per layer (for tests, metrics and users)."""
+
+    experience: int
+    position: float
+    kind: str
+    pruned: dict[str, int] = field(default_factory=dict)
+    grown: dict[str, int] = field(default_factory=dict)
+    kept: dict[str, int] = field(default_factory=dict)
+
+
+class DynamicSparsity:
+    """Masks, CWI and schedule of one model; the weights are sparse from construction on."""
+
+    def __init__(
+        self,
+        params: Mapping[str, nn.Parameter],
+        sparsities: Mapping[str, float],
+        settings: TDMSettings,
+    ):
+        self.params = dict(params)
+        self.sparsities = dict(sparsities)
+        self.settings = settings
+        self.targets = {
+            name: kept_count(param.numel(), self.sparsities[name])
+            for name, param in self.params.items()
+        }
+        self.generator = torch.Generator().manual_seed(settings.seed)
+        self.importance = ContinualWeightImportance(self.params, settings.importance_lambda)
+        self.masks: dict[str, Tensor] = {
+            name: top_k_mask(param.detach().abs(), self.targets[name])
+            for name, param in self.params.items()
+        }
+        self.schedule = ExperienceSchedule([])
+        self.experience = -1
+        self.history: list[MaskUpdateRecord] = []
+        self.mask_weights()
+
+    @classmethod
+    def for_model(
+        cls, model: nn.Module, settings: TDMSettings, run_forward: Callable[[], Any]
+    ) -> DynamicSparsity:
+        """Choose the layers (profile, else the default set found by ``run_forward``)."""
+        if settings.profile:
+            params = resolve_profile(model, settings.profile)
+            return cls(params, settings.profile, settings)
+        all_params = dict(model.named_parameters())
+        names = default_sparse_weights(model, run_forward)
+        return cls({n: all_params[n] for n in names}, dict.fromkeys(names, settings.sparsity), settings)
+
+    def start_experience(self, n_epochs: int, optimizer: torch.optim.Optimizer | None = None) -> None:
+        """Restart the schedule and CWI window, and expand each layer by ``expand_ratio``."""
+        self.experience += 1
+        self._follow_parameter_devices()
+        self.importance.reset()
+        self.schedule = ExperienceSchedule(
+            mask_updates(n_epochs, self.settings.update_every, self.settings.freeze_at)
+        )
+        grow = {name: round(p.numel() * self.settings.expand_ratio) for name, p in self.params.items()}
+        self._change("expand", 0.0, dict.fromkeys(grow, 0), grow, optimizer)
+
+    def step(
+        self,
+        epoch: int,
+        iteration: int,
+        iterations_per_epoch: int,
+        optimizer: torch.optim.Optimizer | None = None,
+    ) -> MaskUpdateKind | None:
+        """Run the mask update due before this iteration, if any, and return its kind."""
+        kind = self.schedule.due(epoch, iteration, iterations_per_epoch)
+        if kind is None:
+            return None
+        position = epoch + iteration / max(iterations_per_epoch, 1)
+        if kind is MaskUpdateKind.SHRINK:
+            prune = {n: int(self.masks[n].sum()) - self.targets[n] for n in self.params}
+            grow = dict.fromkeys(self.params, 0)
+        else:
+            swap = {n: self._swap_count(n) for n in self.params}
+            prune, grow = swap, swap
+        self._change(kind.value, position, prune, grow, optimizer)
+        self.importance.reset()
+        return kind
+
+    def observe_gradients(self) -> None:
+        """Add this iteration's gradients to CWI (before any gradient is masked)."""
+        self.importance.accumulate()
+
+    def mask_gradients(self) -> None:
+        """Zero the gradients of pruned weights."""
+        for name, param in self.params.items():
+            if param.grad is not None:
+                param.grad.mul_(self.masks[name])
+
+    @torch.no_grad()
+    def mask_weights(self) -> None:
+        """Zero pruned weights, so momentum or weight decay never revive them."""
+        for name, param in self.params.items():
+            param.mul_(self.masks[name])
+
+    def kept(self) -> dict[str, int]:
+        """Kept weights per masked layer."""
+        return {name: int(mask.sum()) for name, mask in self.masks.items()}
+
+    def density(self) -> float:
+        """Fraction of kept weights over all masked layers."""
+        total = sum(mask.numel() for mask in self.masks.values())
+        return sum(self.kept().values()) / total
+
+    def _swap_count(self, name: str) -> int:
+        numel = self.params[name].numel()
+        return min(round(numel * self.settings.mutate_ratio), self.targets[name], numel - self.targets[name])
+
+    def _change(
+        self,
+        kind: str,
+        position: float,
+        prune: Mapping[str, int],
+        grow: Mapping[str, int],
+        optimizer: torch.optim.Optimizer | None,
+    ) -> None:
+        """Prune by CWI, regrow at random (at zero), clear the optimizer state of both."""
+        record = MaskUpdateRecord(self.experience, position, kind)
+        for name, param in self.params.items():
+            mask = self.masks[name]
+            pruned = prune_lowest(mask, self.importance.scores(name), prune[name])
+            mask = mask & ~pruned
+            grown = grow_random(mask, grow[name], self.generator, avoid=pruned)
+            self.masks[name] = mask | grown
+            changed = pruned | grown
+            with torch.no_grad():
+                param[changed] = 0
+            if optimizer is not None:
+                clear_optimizer_state(optimizer, param, changed)
+            record.pruned[name] = int(pruned.sum())
+            record.grown[name] = int(grown.sum())
+            record.kept[name] = int(self.masks[name].sum())
+        self.history.append(record)
+
+    def _follow_parameter_devices(self) -> None:
+        for name, param in self.params.items():
+            if self.masks[name].device != param.device:
+                self.masks[name] = self.masks[name].to(param.device)

@@ -1,0 +1,53 @@
+"""Continual weight importance (CWI), SparCL Sec. 4.1.
+
+CWI of a weight is ``|w| + lambda * g`` where ``g`` is the mean absolute gradient of the training
+loss over the iterations since the last mask update. The paper writes separate terms for current and
+buffer data; with rehearsal strategies the training loss already holds both (the merged form the
+reference code ships), so one accumulator serves ER, DER++ and ER-ACE alike. Without a replay buffer
+``g`` only reflects the current experience.
+
+Unlike the reference code, ``g`` is averaged over a window (not one minibatch), is read before any
+gradient masking, and restarts with every experience, so pruned or never-updated weights are not
+scored zero by accident and no experience is judged by the previous one's data.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+class ContinualWeightImportance:
+    """Accumulates ``|grad|`` of selected parameters and scores them by CWI."""
+
+    def __init__(self, params: dict[str, torch.nn.Parameter], gradient_weight: float = 0.5):
+        self.params = params
+        self.gradient_weight = gradient_weight
+        self.gradient_sums: dict[str, Tensor] = {}
+        self.window_iterations = 0
+
+    def accumulate(self) -> None:
+        """Add the current ``|grad|`` of every parameter to the window (call after backward)."""
+        for name, param in self.params.items():
+            if param.grad is None:
+                continue
+            total = self.gradient_sums.get(name)
+            if total is None or total.device != param.device:
+                self.gradient_sums[name] = param.grad.detach().abs()
+            else:
+                total.add_(param.grad.detach().abs())
+        self.window_iterations += 1
+
+    def scores(self, name: str) -> Tensor:
+        """CWI of every entry of parameter ``name`` over the current window."""
+        weight_term = self.params[name].detach().abs()
+        total = self.gradient_sums.get(name)
+        if total is None or self.window_iterations == 0 or self.gradient_weight == 0:
+            return weight_term
+        return weight_term + (self.gradient_weight / self.window_iterations) * total
+
+    def reset(self) -> None:
+        """Start a new window (after a mask update, or at a new experience)."""
+        for total in self.gradient_sums.values():
+            total.zero_()
+        self.window_iterations = 0

@@ -1,0 +1,115 @@
+"""Which parameters are sparse, and at what ratio.
+
+Default: every convolution and Linear weight except the first such layer the input passes through
+and the last Linear layer (the classifier), the layers whose sparsity costs most accuracy for the
+least compute. Biases and normalisation parameters are never masked (the reference code froze
+BatchNorm biases at zero by accident). A profile in the reference's YAML format
+(``prune_ratios: {parameter_name: sparsity}``) overrides the default and alone decides the layer set.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import nn
+
+from avalanche_sparcl.validation import check_fraction, close_matches_hint
+
+ProfileLike = Mapping[str, float] | str | os.PathLike
+
+MASKABLE_MODULES = (nn.Linear, nn.modules.conv._ConvNd)
+
+
+def execution_order(model: nn.Module, run_forward: Callable[[], Any]) -> list[tuple[str, nn.Module]]:
+    """Convolution and Linear modules in the order ``run_forward`` first passes through them.
+
+    The forward runs in eval mode without gradients, so BatchNorm statistics are left untouched.
+    """
+    order: list[tuple[str, nn.Module]] = []
+    seen: set[int] = set()
+
+    def record(name: str) -> Callable[..., None]:
+        def hook(module: nn.Module, _inputs: Any) -> None:
+            if id(module) not in seen:
+                seen.add(id(module))
+                order.append((name, module))
+
+        return hook
+
+    handles = [
+        module.register_forward_pre_hook(record(name))
+        for name, module in model.named_modules()
+        if isinstance(module, MASKABLE_MODULES)
+    ]
+    training_modes = {name: module.training for name, module in model.named_modules()}
+    try:
+        model.eval()
+        with torch.no_grad():
+            run_forward()
+    finally:
+        for handle in handles:
+            handle.remove()
+        for name, module in model.named_modules():
+            module.train(training_modes[name])
+    return order
+
+
+def default_sparse_weights(model: nn.Module, run_forward: Callable[[], Any]) -> list[str]:
+    """Names of the weights TDM masks by default (see the module docstring)."""
+    order = execution_order(model, run_forward)
+    linear_positions = [i for i, (_, module) in enumerate(order) if isinstance(module, nn.Linear)]
+    excluded = {0}
+    if linear_positions:
+        excluded.add(linear_positions[-1])
+    names = [f"{name}.weight" for i, (name, _) in enumerate(order) if i not in excluded]
+    if not names:
+        seen = ", ".join(name for name, _ in order) or "none"
+        raise ValueError(
+            "the model has no layer SparCL can make sparse: it masks convolution and Linear "
+            "weights other than the first layer and the classifier, and the model's forward pass "
+            f"went through these only: {seen}. Pass a profile to choose layers explicitly."
+        )
+    return names
+
+
+def load_profile(profile: ProfileLike) -> dict[str, float]:
+    """Per-parameter sparsities from a mapping or a YAML file in the reference's format."""
+    if isinstance(profile, (str, os.PathLike)):
+        path = Path(profile)
+        if not path.is_file():
+            raise ValueError(f"profile file {str(path)!r} does not exist")
+        loaded = yaml.safe_load(path.read_text())
+        if not isinstance(loaded, Mapping) or not isinstance(loaded.get("prune_ratios"), Mapping):
+            raise ValueError(
+                f"profile file {str(path)!r} must hold a mapping 'prune_ratios: "
+                "{parameter_name: sparsity}'"
+            )
+        ratios = loaded["prune_ratios"]
+    elif isinstance(profile, Mapping):
+        ratios = profile.get("prune_ratios", profile)
+    else:
+        raise ValueError(
+            "profile must be a mapping {parameter_name: sparsity} or the path of a YAML file, "
+            f"got {type(profile).__name__}"
+        )
+    if not ratios:
+        raise ValueError("profile names no parameter")
+    return {
+        str(name): check_fraction(f"profile sparsity of {name!r}", ratio)
+        for name, ratio in ratios.items()
+    }
+
+
+def resolve_profile(model: nn.Module, ratios: Mapping[str, float]) -> dict[str, nn.Parameter]:
+    """The model's parameters named by a profile; unknown names raise one error listing them all."""
+    params = dict(model.named_parameters())
+    unknown = [name for name in ratios if name not in params]
+    if unknown:
+        listed = "; ".join(repr(name) + close_matches_hint(name, params) for name in unknown)
+        raise ValueError(f"profile names parameters the model does not have: {listed}")
+    return {name: params[name] for name in ratios}

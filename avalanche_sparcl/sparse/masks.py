@@ -1,0 +1,65 @@
+"""Exact-count mask operations: deciding which positions of a weight tensor are kept.
+
+Masks are boolean tensors shaped like their weight, ``True`` = kept. Every function here hits its
+requested count exactly (top-k on scores, random permutations for regrowth), so a layer's kept count
+after an update equals its target to the weight, not approximately as percentile thresholds do.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def kept_count(numel: int, sparsity: float) -> int:
+    """Number of weights a layer of ``numel`` entries keeps at ``sparsity`` (fraction of zeros)."""
+    return numel - round(numel * sparsity)
+
+
+def top_k_mask(scores: Tensor, k: int) -> Tensor:
+    """Mask keeping the ``k`` largest entries of ``scores``."""
+    mask = torch.zeros(scores.numel(), dtype=torch.bool, device=scores.device)
+    if k > 0:
+        mask[torch.topk(scores.flatten(), k, sorted=False).indices] = True
+    return mask.view_as(scores)
+
+
+def prune_lowest(mask: Tensor, scores: Tensor, n_prune: int) -> Tensor:
+    """Positions of the ``n_prune`` kept entries with the lowest scores (a bool tensor)."""
+    pruned = torch.zeros(mask.numel(), dtype=torch.bool, device=mask.device)
+    n_prune = min(n_prune, int(mask.sum()))
+    if n_prune > 0:
+        candidates = scores.flatten().masked_fill(~mask.flatten(), float("inf"))
+        pruned[torch.topk(candidates, n_prune, largest=False, sorted=False).indices] = True
+    return pruned.view_as(mask)
+
+
+def grow_random(
+    mask: Tensor,
+    n_grow: int,
+    generator: torch.Generator,
+    avoid: Tensor | None = None,
+) -> Tensor:
+    """Positions of ``n_grow`` uniformly random pruned entries (a bool tensor).
+
+    Positions in ``avoid`` (e.g. the ones just pruned) are drawn only when there are not enough
+    other pruned positions, so a prune-and-regrow update really swaps weights.
+    """
+    grown = torch.zeros(mask.numel(), dtype=torch.bool, device=mask.device)
+    free = ~mask.flatten()
+    preferred = free if avoid is None else free & ~avoid.flatten()
+    for pool in (preferred, free):
+        n_missing = n_grow - int(grown.sum())
+        if n_missing <= 0:
+            break
+        candidates = (pool & ~grown).nonzero().squeeze(1)
+        order = torch.randperm(candidates.numel(), generator=generator)[:n_missing]
+        grown[candidates[order.to(candidates.device)]] = True
+    return grown.view_as(mask)
+
+
+def clear_optimizer_state(optimizer: torch.optim.Optimizer, param: Tensor, positions: Tensor) -> None:
+    """Zero every per-weight optimizer buffer (momentum, Adam moments) at ``positions``."""
+    for value in optimizer.state.get(param, {}).values():
+        if isinstance(value, Tensor) and value.shape == param.shape:
+            value[positions] = 0

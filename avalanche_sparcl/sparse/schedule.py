@@ -1,0 +1,74 @@
+"""When TDM changes the mask within an experience (SparCL Sec. 4.1, task-aware dynamic masking).
+
+Positions are measured in epochs of the current experience as a float (``epoch + iteration /
+iterations_per_epoch``), and the schedule is written as fractions of the experience's epochs, so a
+5-epoch CPU run and the paper's 50-epoch run share one code path: at 50 epochs the updates land on
+epoch boundaries (5, 10, ..., 40), at 5 epochs on iterations inside epochs.
+
+Paper setting at 50 epochs: expand by 1% of each layer when the experience starts, shrink back to
+the target at epoch 5, swap 1% of each layer (prune by CWI, regrow at random) at epochs 10-40,
+frozen from epoch 45.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+
+class MaskUpdateKind(str, Enum):
+    """What a scheduled mask update does to each layer."""
+
+    SHRINK = "shrink"  # prune the experience-start expansion back to the target, by importance
+    MUTATE = "mutate"  # prune a further mutate_ratio by importance, regrow as many at random
+
+
+@dataclass(frozen=True)
+class MaskUpdate:
+    """One scheduled update: where it falls (in epochs of the experience) and what it does."""
+
+    position: float
+    kind: MaskUpdateKind
+
+
+def mask_updates(n_epochs: int, update_every: float, freeze_at: float) -> list[MaskUpdate]:
+    """The experience's mask updates: every ``update_every`` of the epochs, none from ``freeze_at``.
+
+    The first update shrinks the experience-start expansion; the later ones mutate.
+    """
+    updates = []
+    step = 1
+    while True:
+        fraction = round(step * update_every, 9)
+        if fraction >= freeze_at or fraction >= 1.0:
+            break
+        kind = MaskUpdateKind.SHRINK if step == 1 else MaskUpdateKind.MUTATE
+        updates.append(MaskUpdate(round(fraction * n_epochs, 9), kind))
+        step += 1
+    return updates
+
+
+class ExperienceSchedule:
+    """Cursor over one experience's mask updates: which are due at the current iteration."""
+
+    def __init__(self, updates: list[MaskUpdate]):
+        self.updates = updates
+        self.next_index = 0
+
+    def due(self, epoch: int, iteration: int, iterations_per_epoch: int) -> MaskUpdateKind | None:
+        """The update to run before this iteration, if any.
+
+        Several updates that fall on the same iteration (an epoch with very few iterations) are
+        merged into one: a shrink if the shrink is among them, otherwise one mutation.
+        """
+        position = epoch + iteration / max(iterations_per_epoch, 1)
+        kinds = []
+        while (
+            self.next_index < len(self.updates)
+            and self.updates[self.next_index].position <= position + 1e-9
+        ):
+            kinds.append(self.updates[self.next_index].kind)
+            self.next_index += 1
+        if not kinds:
+            return None
+        return MaskUpdateKind.SHRINK if MaskUpdateKind.SHRINK in kinds else MaskUpdateKind.MUTATE
