@@ -50,6 +50,4 @@ def reject_unknown_options(owner: str, unknown: Iterable[str], accepted: Iterabl
         return
     accepted = sorted(accepted)
     described = ", ".join(repr(name) + close_matches_hint(name, accepted) for name in unknown)
-    raise ValueError(
-        f"{owner} got unknown option(s) {described}; accepted options: {', '.join(accepted)}"
-    )
+    raise ValueError(f"{owner} got unknown option(s) {described}; accepted options: {', '.join(accepted)}")

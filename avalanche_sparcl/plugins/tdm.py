@@ -62,6 +62,10 @@ class TDMPlugin(SupervisedPlugin):
         """Re-zero pruned weights after the optimizer step."""
         self.dynamic_sparsity.mask_weights()
 
+    def after_training_exp(self, strategy: Any, **kwargs: Any) -> None:
+        """End at the target sparsity even if the experience was too short for its shrink."""
+        self.dynamic_sparsity.finish_experience(strategy.optimizer)
+
 
 def probe_forward(strategy: Any) -> Any:
     """One forward pass on the first training example, to see the order of the model's layers."""

@@ -97,14 +97,12 @@ class DynamicSparsity:
         self.sparsities = dict(sparsities)
         self.settings = settings
         self.targets = {
-            name: kept_count(param.numel(), self.sparsities[name])
-            for name, param in self.params.items()
+            name: kept_count(param.numel(), self.sparsities[name]) for name, param in self.params.items()
         }
         self.generator = torch.Generator().manual_seed(settings.seed)
         self.importance = ContinualWeightImportance(self.params, settings.importance_lambda)
         self.masks: dict[str, Tensor] = {
-            name: top_k_mask(param.detach().abs(), self.targets[name])
-            for name, param in self.params.items()
+            name: top_k_mask(param.detach().abs(), self.targets[name]) for name, param in self.params.items()
         }
         self.schedule = ExperienceSchedule([])
         self.experience = -1
@@ -134,6 +132,12 @@ class DynamicSparsity:
         grow = {name: round(p.numel() * self.settings.expand_ratio) for name, p in self.params.items()}
         self._change("expand", 0.0, dict.fromkeys(grow, 0), grow, optimizer)
 
+    def finish_experience(self, optimizer: torch.optim.Optimizer | None = None) -> None:
+        """Shrink back to the target if the experience was too short for its scheduled shrink."""
+        excess = {name: kept - self.targets[name] for name, kept in self.kept().items()}
+        if any(excess.values()):
+            self._change("final shrink", float("nan"), excess, dict.fromkeys(excess, 0), optimizer)
+
     def step(
         self,
         epoch: int,
@@ -147,7 +151,7 @@ class DynamicSparsity:
             return None
         position = epoch + iteration / max(iterations_per_epoch, 1)
         if kind is MaskUpdateKind.SHRINK:
-            prune = {n: int(self.masks[n].sum()) - self.targets[n] for n in self.params}
+            prune = {name: kept - self.targets[name] for name, kept in self.kept().items()}
             grow = dict.fromkeys(self.params, 0)
         else:
             swap = {n: self._swap_count(n) for n in self.params}

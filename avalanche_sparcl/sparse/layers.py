@@ -86,8 +86,7 @@ def load_profile(profile: ProfileLike) -> dict[str, float]:
         loaded = yaml.safe_load(path.read_text())
         if not isinstance(loaded, Mapping) or not isinstance(loaded.get("prune_ratios"), Mapping):
             raise ValueError(
-                f"profile file {str(path)!r} must hold a mapping 'prune_ratios: "
-                "{parameter_name: sparsity}'"
+                f"profile file {str(path)!r} must hold a mapping 'prune_ratios: {{parameter_name: sparsity}}'"
             )
         ratios = loaded["prune_ratios"]
     elif isinstance(profile, Mapping):
@@ -100,8 +99,7 @@ def load_profile(profile: ProfileLike) -> dict[str, float]:
     if not ratios:
         raise ValueError("profile names no parameter")
     return {
-        str(name): check_fraction(f"profile sparsity of {name!r}", ratio)
-        for name, ratio in ratios.items()
+        str(name): check_fraction(f"profile sparsity of {name!r}", ratio) for name, ratio in ratios.items()
     }
 
 

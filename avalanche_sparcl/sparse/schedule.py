@@ -64,8 +64,7 @@ class ExperienceSchedule:
         position = epoch + iteration / max(iterations_per_epoch, 1)
         kinds = []
         while (
-            self.next_index < len(self.updates)
-            and self.updates[self.next_index].position <= position + 1e-9
+            self.next_index < len(self.updates) and self.updates[self.next_index].position <= position + 1e-9
         ):
             kinds.append(self.updates[self.next_index].kind)
             self.next_index += 1

@@ -1,0 +1,35 @@
+"""Shared fixtures. No __init__.py here: avalanche-lib installs a top-level `tests` package."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from avalanche.benchmarks import nc_benchmark
+from avalanche.benchmarks.utils import _make_taskaware_tensor_classification_dataset
+
+from avalanche_sparcl.benchmarks import split_digits
+
+
+@pytest.fixture(scope="session")
+def digits_benchmark():
+    """Split Digits, 5 experiences of 2 classes (the embedded default data)."""
+    return split_digits(n_experiences=5, seed=0)
+
+
+def make_tensor_benchmark(
+    n_per_class: int, n_classes: int, n_experiences: int, shape: tuple[int, ...], seed: int = 0
+):
+    """A class-incremental benchmark of random tensors with a learnable class signal."""
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n_classes).repeat_interleave(n_per_class)
+    inputs = torch.randn((len(labels), *shape), generator=generator)
+    inputs.view(len(labels), -1)[:, :n_classes] += 3 * torch.nn.functional.one_hot(labels, n_classes)
+    dataset = _make_taskaware_tensor_classification_dataset(inputs, labels)
+    test = _make_taskaware_tensor_classification_dataset(inputs.clone(), labels.clone())
+    return nc_benchmark(dataset, test, n_experiences, task_labels=False, seed=seed)
+
+
+@pytest.fixture
+def tensor_benchmark_factory():
+    """Build small synthetic benchmarks: ``factory(n_per_class, n_classes, n_experiences, shape)``."""
+    return make_tensor_benchmark

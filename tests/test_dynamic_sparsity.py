@@ -1,0 +1,123 @@
+"""The TDM engine driven by a plain loop: exact counts, CWI choice, settings validation."""
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from avalanche_sparcl.sparse.dynamic import DynamicSparsity, TDMSettings
+from avalanche_sparcl.sparse.importance import ContinualWeightImportance
+from avalanche_sparcl.sparse.masks import kept_count
+
+
+def make_engine(shapes, sparsity=0.75, **options):
+    torch.manual_seed(0)
+    params = {f"w{i}": torch.nn.Parameter(torch.randn(shape)) for i, shape in enumerate(shapes)}
+    return DynamicSparsity(params, dict.fromkeys(params, sparsity), TDMSettings(sparsity, **options))
+
+
+def test_initial_mask_keeps_the_largest_magnitudes_and_zeroes_the_rest():
+    torch.manual_seed(0)
+    weight = torch.randn(40, 25)
+    engine = DynamicSparsity({"w": torch.nn.Parameter(weight.clone())}, {"w": 0.9}, TDMSettings(0.9))
+    mask = engine.masks["w"]
+    assert int(mask.sum()) == 100
+    assert weight.abs()[mask].min() >= weight.abs()[~mask].max()
+    assert torch.equal(engine.params["w"].detach(), weight * mask)
+
+
+def test_cwi_prunes_by_weight_plus_mean_gradient_not_by_magnitude_alone():
+    param = torch.nn.Parameter(torch.tensor([1.0, 2.0, 3.0, 4.0]))
+    importance = ContinualWeightImportance({"w": param}, gradient_weight=0.5)
+    for gradient in ([8.0, 0.0, 0.0, 0.0], [4.0, 0.0, 0.0, 2.0]):
+        param.grad = torch.tensor(gradient)
+        importance.accumulate()
+    # mean |g| = [6, 0, 0, 1]  ->  CWI = [4, 2, 3, 4.5]
+    assert importance.scores("w").tolist() == [4.0, 2.0, 3.0, 4.5]
+    importance.reset()
+    assert importance.scores("w").tolist() == [1.0, 2.0, 3.0, 4.0]
+
+
+def test_shrink_prunes_the_lowest_importance_among_kept_weights():
+    param = torch.nn.Parameter(torch.arange(1.0, 101.0))
+    engine = DynamicSparsity({"w": param}, {"w": 0.5}, TDMSettings(0.5, expand_ratio=0.1))
+    engine.start_experience(n_epochs=10)
+    assert int(engine.masks["w"].sum()) == 60
+    regrown = engine.masks["w"][:50].nonzero().squeeze(1)
+    param.grad = torch.zeros(100)
+    param.grad[regrown] = 1000.0  # the regrown weights got large gradients: CWI keeps them
+    engine.observe_gradients()
+    assert engine.step(epoch=1, iteration=0, iterations_per_epoch=1).value == "shrink"
+    kept = engine.masks["w"]
+    assert int(kept.sum()) == 50
+    assert kept[regrown].all()
+    assert kept[50:].sum() == 40 and not kept[50:60].any()  # the 10 smallest old weights went
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    shapes=st.lists(st.tuples(st.integers(1, 30), st.integers(1, 30)), min_size=1, max_size=3),
+    sparsity=st.floats(0.05, 0.95),
+    expand=st.floats(0, 0.05),
+    mutate=st.floats(0, 0.05),
+    n_epochs=st.integers(1, 12),
+    iterations_per_epoch=st.integers(1, 5),
+    n_experiences=st.integers(1, 3),
+)
+def test_every_update_hits_its_exact_count(
+    shapes, sparsity, expand, mutate, n_epochs, iterations_per_epoch, n_experiences
+):
+    expand, mutate = min(expand, sparsity), min(mutate, sparsity, 1 - sparsity)
+    engine = make_engine(shapes, sparsity, expand_ratio=expand, mutate_ratio=mutate)
+    target = {n: kept_count(p.numel(), sparsity) for n, p in engine.params.items()}
+    for _ in range(n_experiences):
+        engine.start_experience(n_epochs)
+        expanded = {n: target[n] + round(p.numel() * expand) for n, p in engine.params.items()}
+        assert engine.kept() == expanded
+        for epoch in range(n_epochs):
+            for iteration in range(iterations_per_epoch):
+                for param in engine.params.values():
+                    param.grad = torch.randn_like(param)
+                before = {n: m.clone() for n, m in engine.masks.items()}
+                kind = engine.step(epoch, iteration, iterations_per_epoch)
+                if kind is not None:
+                    assert engine.kept() == target
+                    if kind.value == "mutate":
+                        for name, param in engine.params.items():
+                            swap = min(
+                                round(param.numel() * mutate), target[name], param.numel() - target[name]
+                            )
+                            assert int((before[name] & ~engine.masks[name]).sum()) == swap
+                engine.observe_gradients()
+                engine.mask_gradients()
+                for name, param in engine.params.items():
+                    assert not param.grad[~engine.masks[name]].any()
+                    assert not param.detach()[~engine.masks[name]].any()
+        engine.finish_experience()
+        assert engine.kept() == target
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"sparsity": 1.0}, "sparsity must be in [0, 1), got 1.0"),
+        ({"sparsity": float("nan")}, "sparsity must be in [0, 1), got nan"),
+        ({"sparsity": -0.1}, "sparsity must be in [0, 1), got -0.1"),
+        ({"sparsity": "high"}, "sparsity must be a number in [0, 1), got 'high'"),
+        ({"expand_ratio": -0.01}, "expand_ratio must be in [0, 0.75], got -0.01"),
+        ({"expand_ratio": 0.8}, "expand_ratio must be in [0, 0.75], got 0.8"),
+        ({"mutate_ratio": 0.3}, "mutate_ratio must be in [0, 0.25], got 0.3"),
+        ({"update_every": 0}, "update_every must be in (0, 1], got 0.0"),
+        ({"freeze_at": 1.5}, "freeze_at must be in (0, 1], got 1.5"),
+        ({"importance_lambda": -1}, "importance_lambda must be a finite number >= 0, got -1"),
+        ({"seed": 1.5}, "seed must be an integer, got 1.5"),
+        (
+            {"profile": {"a.weight": 0.5}, "mutate_ratio": 0.6},
+            "mutate_ratio must be in [0, 0.5], got 0.6",
+        ),
+    ],
+)
+def test_settings_reject_bad_values_naming_argument_and_range(options, message):
+    with pytest.raises(ValueError) as error:
+        TDMSettings(**options)
+    assert str(error.value) == message

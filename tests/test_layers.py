@@ -1,0 +1,118 @@
+"""Which weights are sparse: the default layer set and profiles."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from avalanche_sparcl.models import ResNet18, SmallCNN
+from avalanche_sparcl.sparse.layers import default_sparse_weights, load_profile, resolve_profile
+
+PROFILES = Path(__file__).resolve().parents[1] / "experiments" / "profiles"
+
+
+def forward_of(model, shape):
+    return lambda: model(torch.zeros(1, *shape))
+
+
+def test_small_cnn_default_set_skips_stem_and_classifier():
+    model = SmallCNN()
+    assert default_sparse_weights(model, forward_of(model, (1, 8, 8))) == [
+        "conv2.weight",
+        "conv3.weight",
+        "fc1.weight",
+    ]
+
+
+def test_resnet18_default_set_is_every_conv_after_the_stem():
+    model = ResNet18(nf=8)
+    names = default_sparse_weights(model, forward_of(model, (3, 32, 32)))
+    assert len(names) == 19  # 16 block convolutions + 3 shortcut convolutions
+    assert names[0] == "layer1.0.conv1.weight" and "conv1.weight" not in names
+    assert "linear.weight" not in names and "layer2.0.shortcut.0.weight" in names
+
+
+class DeclaredOutOfOrder(nn.Module):
+    """Registers its classifier first and its stem last: only the forward pass tells the order."""
+
+    def __init__(self):
+        super().__init__()
+        self.head = nn.Linear(16, 3)
+        self.hidden = nn.Linear(16, 16)
+        self.stem = nn.Linear(4, 16)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.hidden(torch.relu(self.stem(x)))))
+
+
+def test_default_set_follows_execution_order_not_registration_order():
+    model = DeclaredOutOfOrder()
+    assert default_sparse_weights(model, forward_of(model, (4,))) == ["hidden.weight"]
+
+
+def test_probe_forward_leaves_batchnorm_statistics_and_train_mode_alone():
+    model = SmallCNN().train()
+    before = model.bn1.running_mean.clone()
+    default_sparse_weights(model, forward_of(model, (1, 8, 8)))
+    assert torch.equal(model.bn1.running_mean, before)
+    assert model.training and model.bn1.training
+
+
+def test_a_model_with_no_selectable_layer_is_a_clear_error():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    with pytest.raises(ValueError) as error:
+        default_sparse_weights(model, forward_of(model, (1, 8, 8)))
+    assert str(error.value) == (
+        "the model has no layer SparCL can make sparse: it masks convolution and Linear weights other "
+        "than the first layer and the classifier, and the model's forward pass went through these only: "
+        "1. Pass a profile to choose layers explicitly."
+    )
+
+
+@pytest.mark.parametrize("sparsity", ["0.75", "0.90", "0.95"])
+def test_reference_profiles_select_the_16_block_convolutions(sparsity):
+    ratios = load_profile(PROFILES / f"resnet18_{sparsity}.yaml")
+    params = resolve_profile(ResNet18(nf=8), ratios)
+    assert len(params) == 16
+    assert set(ratios.values()) == {float(sparsity)}
+    assert all(".conv" in name and name.startswith("layer") for name in params)
+    assert not any("shortcut" in name or "bn" in name for name in params)
+
+
+def test_profile_accepts_plain_and_wrapped_mappings():
+    assert load_profile({"a.weight": 0.5}) == {"a.weight": 0.5}
+    assert load_profile({"prune_ratios": {"a.weight": 0.9}}) == {"a.weight": 0.9}
+
+
+def test_unknown_profile_names_are_listed_with_close_matches():
+    ratios = {"layer1.0.conv1.weight": 0.75, "layer1.0.conv3.weight": 0.75, "nonsense": 0.5}
+    with pytest.raises(ValueError) as error:
+        resolve_profile(ResNet18(nf=8), ratios)
+    assert str(error.value) == (
+        "profile names parameters the model does not have: 'layer1.0.conv3.weight' (did you mean "
+        "'layer1.0.conv2.weight' or 'layer1.0.conv1.weight' or 'layer4.0.conv2.weight'?); 'nonsense'"
+    )
+
+
+@pytest.mark.parametrize(
+    ("profile", "message"),
+    [
+        ({"a.weight": 1.0}, "profile sparsity of 'a.weight' must be in [0, 1), got 1.0"),
+        ({"a.weight": float("nan")}, "profile sparsity of 'a.weight' must be in [0, 1), got nan"),
+        ({}, "profile names no parameter"),
+        (3, "profile must be a mapping {parameter_name: sparsity} or the path of a YAML file, got int"),
+        ("/no/such/profile.yaml", "profile file '/no/such/profile.yaml' does not exist"),
+    ],
+)
+def test_bad_profiles_are_rejected(profile, message):
+    with pytest.raises(ValueError) as error:
+        load_profile(profile)
+    assert str(error.value) == message
+
+
+def test_profile_file_without_prune_ratios_is_rejected(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text("ratios: {a: 0.5}\n")
+    with pytest.raises(ValueError, match="must hold a mapping 'prune_ratios"):
+        load_profile(path)

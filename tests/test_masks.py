@@ -1,0 +1,108 @@
+"""Exact-count mask operations."""
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from avalanche_sparcl.sparse.masks import (
+    clear_optimizer_state,
+    grow_random,
+    kept_count,
+    prune_lowest,
+    top_k_mask,
+)
+
+shapes = st.lists(st.integers(1, 9), min_size=1, max_size=4).map(tuple)
+
+
+def test_kept_count_rounds_the_number_of_zeros():
+    assert kept_count(1000, 0.75) == 250
+    assert kept_count(10, 0.95) == 0  # round(9.5) = 10 zeros (Python rounds half to even)
+    assert kept_count(7, 0.5) == 3  # round(3.5) = 4 zeros
+    assert kept_count(18432, 0.9) == 1843
+
+
+@settings(max_examples=60, deadline=None)
+@given(shape=shapes, sparsity=st.floats(0, 0.99), seed=st.integers(0, 2**16))
+def test_top_k_mask_keeps_exactly_the_largest(shape, sparsity, seed):
+    scores = torch.rand(shape, generator=torch.Generator().manual_seed(seed))
+    k = kept_count(scores.numel(), sparsity)
+    mask = top_k_mask(scores, k)
+    assert mask.shape == scores.shape and mask.dtype == torch.bool
+    assert int(mask.sum()) == k
+    if 0 < k < scores.numel():
+        assert scores[mask].min() >= scores[~mask].max()
+
+
+@settings(max_examples=60, deadline=None)
+@given(shape=shapes, density=st.floats(0.05, 1), fraction=st.floats(0, 1), seed=st.integers(0, 2**16))
+def test_prune_lowest_removes_exactly_the_lowest_kept(shape, density, fraction, seed):
+    generator = torch.Generator().manual_seed(seed)
+    scores = torch.rand(shape, generator=generator)
+    mask = top_k_mask(torch.rand(shape, generator=generator), max(1, round(density * scores.numel())))
+    n_prune = round(fraction * int(mask.sum()))
+    pruned = prune_lowest(mask, scores, n_prune)
+    assert int(pruned.sum()) == n_prune
+    assert not (pruned & ~mask).any(), "only kept positions can be pruned"
+    survivors = mask & ~pruned
+    if n_prune and survivors.any():
+        assert scores[pruned].max() <= scores[survivors].min()
+
+
+def test_prune_lowest_cannot_prune_more_than_is_kept():
+    mask = torch.tensor([True, False, True, False])
+    pruned = prune_lowest(mask, torch.zeros(4), 10)
+    assert pruned.tolist() == [True, False, True, False]
+
+
+@settings(max_examples=60, deadline=None)
+@given(shape=shapes, density=st.floats(0, 0.95), grow_fraction=st.floats(0, 1), seed=st.integers(0, 2**16))
+def test_grow_random_grows_exactly_from_pruned_positions(shape, density, grow_fraction, seed):
+    generator = torch.Generator().manual_seed(seed)
+    mask = top_k_mask(torch.rand(shape, generator=generator), round(density * torch.Size(shape).numel()))
+    free = int((~mask).sum())
+    n_grow = round(grow_fraction * free)
+    grown = grow_random(mask, n_grow, generator)
+    assert int(grown.sum()) == n_grow
+    assert not (grown & mask).any()
+
+
+def test_grow_random_avoids_just_pruned_positions_while_it_can():
+    mask = torch.zeros(10, dtype=torch.bool)
+    avoid = torch.zeros(10, dtype=torch.bool)
+    avoid[:6] = True
+    grown = grow_random(mask, 4, torch.Generator().manual_seed(1), avoid=avoid)
+    assert grown.tolist() == [False] * 6 + [True] * 4
+    grown = grow_random(mask, 7, torch.Generator().manual_seed(1), avoid=avoid)
+    assert int(grown.sum()) == 7 and grown[6:].all()
+
+
+def test_grow_random_is_reproducible_for_a_seed():
+    mask = torch.zeros(1000, dtype=torch.bool)
+    first = grow_random(mask, 50, torch.Generator().manual_seed(3))
+    second = grow_random(mask, 50, torch.Generator().manual_seed(3))
+    other = grow_random(mask, 50, torch.Generator().manual_seed(4))
+    assert torch.equal(first, second)
+    assert not torch.equal(first, other)
+
+
+def test_clear_optimizer_state_zeroes_momentum_at_positions_only():
+    param = torch.nn.Parameter(torch.ones(4))
+    optimizer = torch.optim.SGD([param], lr=0.1, momentum=0.9)
+    param.grad = torch.ones(4)
+    optimizer.step()
+    clear_optimizer_state(optimizer, param, torch.tensor([True, False, False, True]))
+    assert optimizer.state[param]["momentum_buffer"].tolist() == [0.0, 1.0, 1.0, 0.0]
+
+
+@pytest.mark.parametrize("optimizer_class", [torch.optim.Adam, torch.optim.AdamW])
+def test_clear_optimizer_state_covers_adam_moments(optimizer_class):
+    param = torch.nn.Parameter(torch.ones(3))
+    optimizer = optimizer_class([param], lr=0.1)
+    param.grad = torch.ones(3)
+    optimizer.step()
+    clear_optimizer_state(optimizer, param, torch.tensor([False, True, False]))
+    state = optimizer.state[param]
+    assert state["exp_avg"][1] == 0 and state["exp_avg_sq"][1] == 0
+    assert state["exp_avg"][0] != 0 and state["exp_avg_sq"][2] != 0

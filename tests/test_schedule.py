@@ -1,0 +1,64 @@
+"""TDM's schedule as fractions of the experience's epochs."""
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from avalanche_sparcl.sparse.schedule import ExperienceSchedule, MaskUpdateKind, mask_updates
+
+
+def test_paper_setting_updates_every_5_epochs_until_45():
+    updates = mask_updates(50, update_every=0.1, freeze_at=0.9)
+    assert [u.position for u in updates] == [5, 10, 15, 20, 25, 30, 35, 40]
+    assert [u.kind for u in updates] == [MaskUpdateKind.SHRINK] + [MaskUpdateKind.MUTATE] * 7
+
+
+def test_short_experience_updates_inside_epochs():
+    updates = mask_updates(5, update_every=0.1, freeze_at=0.9)
+    assert [u.position for u in updates] == [0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0]
+
+
+def test_freeze_at_one_allows_updates_until_the_last_fraction():
+    assert [u.position for u in mask_updates(10, 0.25, 1.0)] == [2.5, 5.0, 7.5]
+
+
+@given(n_epochs=st.integers(1, 200), update_every=st.floats(0.01, 1), freeze_at=st.floats(0.01, 1))
+def test_updates_lie_before_the_freeze_and_start_with_one_shrink(n_epochs, update_every, freeze_at):
+    updates = mask_updates(n_epochs, update_every, freeze_at)
+    assert all(0 < u.position < freeze_at * n_epochs + 1e-6 for u in updates)
+    assert [u.kind for u in updates[:1]] in ([], [MaskUpdateKind.SHRINK])
+    assert all(u.kind is MaskUpdateKind.MUTATE for u in updates[1:])
+
+
+def test_cursor_fires_each_update_once_at_the_first_iteration_reaching_it():
+    schedule = ExperienceSchedule(mask_updates(5, 0.1, 0.9))
+    fired = []
+    for epoch in range(5):
+        for iteration in range(4):
+            kind = schedule.due(epoch, iteration, 4)
+            if kind:
+                fired.append((epoch, iteration, kind.value))
+    assert fired == [
+        (0, 2, "shrink"),
+        (1, 0, "mutate"),
+        (1, 2, "mutate"),
+        (2, 0, "mutate"),
+        (2, 2, "mutate"),
+        (3, 0, "mutate"),
+        (3, 2, "mutate"),
+        (4, 0, "mutate"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("iterations_per_epoch", "expected"),
+    [(1, ["shrink", "mutate", "mutate", "mutate"]), (2, ["shrink"] + ["mutate"] * 7)],
+)
+def test_updates_on_one_iteration_are_merged(iterations_per_epoch, expected):
+    schedule = ExperienceSchedule(mask_updates(5, 0.1, 0.9))
+    fired = [
+        schedule.due(epoch, iteration, iterations_per_epoch)
+        for epoch in range(5)
+        for iteration in range(iterations_per_epoch)
+    ]
+    assert [kind.value for kind in fired if kind] == expected
