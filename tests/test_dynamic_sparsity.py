@@ -111,6 +111,7 @@ def test_every_update_hits_its_exact_count(
         ({"freeze_at": 1.5}, "freeze_at must be in (0, 1], got 1.5"),
         ({"importance_lambda": -1}, "importance_lambda must be a finite number >= 0, got -1"),
         ({"seed": 1.5}, "seed must be an integer, got 1.5"),
+        ({"regrow": "magnitude"}, "regrow must be one of random, gradient, got 'magnitude'"),
         (
             {"profile": {"a.weight": 0.5}, "mutate_ratio": 0.6},
             "mutate_ratio must be in [0, 0.5], got 0.6",
@@ -121,3 +122,19 @@ def test_settings_reject_bad_values_naming_argument_and_range(options, message):
     with pytest.raises(ValueError) as error:
         TDMSettings(**options)
     assert str(error.value) == message
+
+
+def test_gradient_regrowth_picks_the_pruned_weights_with_the_largest_mean_gradient():
+    """RigL-style baseline: magnitude prune (lambda 0) and gradient regrow on the same core."""
+    param = torch.nn.Parameter(torch.arange(1.0, 11.0))
+    settings = TDMSettings(0.5, importance_lambda=0, expand_ratio=0, mutate_ratio=0.2, regrow="gradient")
+    engine = DynamicSparsity({"w": param}, {"w": 0.5}, settings)
+    assert engine.masks["w"].nonzero().squeeze(1).tolist() == [5, 6, 7, 8, 9]
+    engine.start_experience(n_epochs=10)
+    param.grad = torch.tensor([0.0, 3.0, 0.0, 1.0, 2.0, 0, 0, 0, 0, 0])
+    engine.observe_gradients()
+    engine.step(epoch=1, iteration=0, iterations_per_epoch=1)  # shrink: nothing to shrink
+    param.grad = torch.tensor([0.0, 3.0, 0.0, 1.0, 2.0, 0, 0, 0, 0, 0])
+    engine.observe_gradients()
+    assert engine.step(epoch=2, iteration=0, iterations_per_epoch=1).value == "mutate"
+    assert engine.masks["w"].nonzero().squeeze(1).tolist() == [1, 4, 7, 8, 9]

@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 
 from avalanche_sparcl.sparse.masks import (
     clear_optimizer_state,
+    grow_highest,
     grow_random,
     kept_count,
     prune_lowest,
@@ -106,3 +107,12 @@ def test_clear_optimizer_state_covers_adam_moments(optimizer_class):
     state = optimizer.state[param]
     assert state["exp_avg"][1] == 0 and state["exp_avg_sq"][1] == 0
     assert state["exp_avg"][0] != 0 and state["exp_avg_sq"][2] != 0
+
+
+def test_grow_highest_takes_the_best_scored_pruned_positions_outside_avoid_first():
+    mask = torch.tensor([True, False, False, False, False, False])
+    scores = torch.tensor([9.0, 5.0, 4.0, 3.0, 2.0, 1.0])
+    avoid = torch.tensor([False, True, False, False, False, False])
+    assert grow_highest(mask, scores, 2, avoid=avoid).tolist() == [False, False, True, True, False, False]
+    grown_all = grow_highest(mask, scores, 5, avoid=avoid)
+    assert grown_all.tolist() == [False, True, True, True, True, True]

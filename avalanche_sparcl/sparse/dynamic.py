@@ -25,6 +25,7 @@ from avalanche_sparcl.sparse.layers import (
 )
 from avalanche_sparcl.sparse.masks import (
     clear_optimizer_state,
+    grow_highest,
     grow_random,
     kept_count,
     prune_lowest,
@@ -33,10 +34,17 @@ from avalanche_sparcl.sparse.masks import (
 from avalanche_sparcl.sparse.schedule import ExperienceSchedule, MaskUpdateKind, mask_updates
 from avalanche_sparcl.validation import check_fraction
 
+REGROW_CRITERIA = ("random", "gradient")
+
 
 @dataclass(frozen=True)
 class TDMSettings:
-    """TDM hyperparameters; defaults are the paper setting (schedule fractions of 50 epochs)."""
+    """TDM hyperparameters; defaults are the paper setting (schedule fractions of 50 epochs).
+
+    ``regrow="gradient"`` regrows the pruned weights with the largest mean |grad| over the window
+    instead of random ones (RigL-style); with ``importance_lambda=0`` pruning is by magnitude alone
+    (SET/MEST/RigL-style), and ``expand_ratio = mutate_ratio = 0`` gives a static mask.
+    """
 
     sparsity: float = 0.75
     profile: ProfileLike | None = None
@@ -45,6 +53,7 @@ class TDMSettings:
     mutate_ratio: float = 0.01
     update_every: float = 0.1
     freeze_at: float = 0.9
+    regrow: str = "random"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -56,6 +65,8 @@ class TDMSettings:
             raise ValueError(f"importance_lambda must be a finite number >= 0, got {lam!r}")
         check_fraction("update_every", self.update_every, include_low=False, include_high=True)
         check_fraction("freeze_at", self.freeze_at, include_low=False, include_high=True)
+        if self.regrow not in REGROW_CRITERIA:
+            raise ValueError(f"regrow must be one of {', '.join(REGROW_CRITERIA)}, got {self.regrow!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ValueError(f"seed must be an integer, got {self.seed!r}")
         for sparsity in self.layer_sparsities():
@@ -203,7 +214,10 @@ class DynamicSparsity:
             mask = self.masks[name]
             pruned = prune_lowest(mask, self.importance.scores(name), prune[name])
             mask = mask & ~pruned
-            grown = grow_random(mask, grow[name], self.generator, avoid=pruned)
+            if self.settings.regrow == "gradient":
+                grown = grow_highest(mask, self.importance.mean_gradient(name), grow[name], avoid=pruned)
+            else:
+                grown = grow_random(mask, grow[name], self.generator, avoid=pruned)
             self.masks[name] = mask | grown
             changed = pruned | grown
             with torch.no_grad():

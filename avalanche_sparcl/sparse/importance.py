@@ -41,10 +41,16 @@ class ContinualWeightImportance:
     def scores(self, name: str) -> Tensor:
         """CWI of every entry of parameter ``name`` over the current window."""
         weight_term = self.params[name].detach().abs()
-        total = self.gradient_sums.get(name)
-        if total is None or self.window_iterations == 0 or self.gradient_weight == 0:
+        if self.gradient_weight == 0:
             return weight_term
-        return weight_term + (self.gradient_weight / self.window_iterations) * total
+        return weight_term + self.gradient_weight * self.mean_gradient(name)
+
+    def mean_gradient(self, name: str) -> Tensor:
+        """Mean ``|grad|`` of parameter ``name`` over the window (zeros before any gradient)."""
+        total = self.gradient_sums.get(name)
+        if total is None or self.window_iterations == 0:
+            return torch.zeros_like(self.params[name], memory_format=torch.preserve_format).detach()
+        return total / self.window_iterations
 
     def reset(self) -> None:
         """Start a new window (after a mask update, or at a new experience)."""

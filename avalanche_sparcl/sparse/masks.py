@@ -34,28 +34,34 @@ def prune_lowest(mask: Tensor, scores: Tensor, n_prune: int) -> Tensor:
     return pruned.view_as(mask)
 
 
+def grow_highest(mask: Tensor, scores: Tensor, n_grow: int, avoid: Tensor | None = None) -> Tensor:
+    """Positions of the ``n_grow`` pruned entries with the highest scores (a bool tensor).
+
+    Positions in ``avoid`` (e.g. the ones just pruned) are taken only when there are not enough
+    other pruned positions, so a prune-and-regrow update really swaps weights.
+    """
+    grown = torch.zeros(mask.numel(), dtype=torch.bool, device=mask.device)
+    flat_scores = scores.flatten()
+    free = ~mask.flatten()
+    preferred = free if avoid is None else free & ~avoid.flatten()
+    for pool in (preferred, free):
+        candidates = pool & ~grown
+        n_take = min(n_grow - int(grown.sum()), int(candidates.sum()))
+        if n_take > 0:
+            ranked = flat_scores.masked_fill(~candidates, float("-inf"))
+            grown[torch.topk(ranked, n_take, sorted=False).indices] = True
+    return grown.view_as(mask)
+
+
 def grow_random(
     mask: Tensor,
     n_grow: int,
     generator: torch.Generator,
     avoid: Tensor | None = None,
 ) -> Tensor:
-    """Positions of ``n_grow`` uniformly random pruned entries (a bool tensor).
-
-    Positions in ``avoid`` (e.g. the ones just pruned) are drawn only when there are not enough
-    other pruned positions, so a prune-and-regrow update really swaps weights.
-    """
-    grown = torch.zeros(mask.numel(), dtype=torch.bool, device=mask.device)
-    free = ~mask.flatten()
-    preferred = free if avoid is None else free & ~avoid.flatten()
-    for pool in (preferred, free):
-        n_missing = n_grow - int(grown.sum())
-        if n_missing <= 0:
-            break
-        candidates = (pool & ~grown).nonzero().squeeze(1)
-        order = torch.randperm(candidates.numel(), generator=generator)[:n_missing]
-        grown[candidates[order.to(candidates.device)]] = True
-    return grown.view_as(mask)
+    """Positions of ``n_grow`` uniformly random pruned entries (``avoid`` as in :func:`grow_highest`)."""
+    scores = torch.rand(mask.shape, generator=generator).to(mask.device)
+    return grow_highest(mask, scores, n_grow, avoid)
 
 
 def clear_optimizer_state(optimizer: torch.optim.Optimizer, param: Tensor, positions: Tensor) -> None:

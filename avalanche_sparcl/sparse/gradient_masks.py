@@ -1,0 +1,55 @@
+"""Dynamic gradient masking (DGM), SparCL Sec. 4.3.
+
+Every ``refresh_every`` iterations each layer keeps the gradients of the ``1 - gradient_sparsity``
+share of its *active* (unpruned) weights with the largest ``|grad|`` of the current minibatch; in
+between, that gradient mask is re-applied. The share is relative to the active weights: the
+reference code counts it over the whole tensor, which makes DGM a no-op at 90% or 95% weight
+sparsity. Selection is a top-k on the parameters' device and hits its count exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from torch import Tensor, nn
+
+from avalanche_sparcl.sparse.masks import kept_count, top_k_mask
+
+
+class GradientMasking:
+    """Gradient masks of selected parameters, refreshed on a fixed iteration period."""
+
+    def __init__(self, params: Mapping[str, nn.Parameter], gradient_sparsity: float, refresh_every: int):
+        self.params = dict(params)
+        self.gradient_sparsity = gradient_sparsity
+        self.refresh_every = refresh_every
+        self.masks: dict[str, Tensor] = {}
+        self.iterations = 0
+
+    def start_experience(self) -> None:
+        """Refresh at the first iteration of every experience: its data are new."""
+        self.iterations = 0
+
+    def apply(self, weight_masks: Mapping[str, Tensor] | None = None, refresh: bool = False) -> bool:
+        """Mask the current gradients; refresh the masks first when due (or asked). Returns whether it did.
+
+        ``weight_masks`` tells which weights are active (all of them on a dense layer).
+        """
+        refresh = refresh or self.iterations % self.refresh_every == 0 or not self.masks
+        self.iterations += 1
+        for name, param in self.params.items():
+            if param.grad is None:
+                continue
+            if refresh:
+                active = None if weight_masks is None else weight_masks.get(name)
+                self.masks[name] = self.select(param.grad, active)
+            param.grad.mul_(self.masks[name])
+        return refresh
+
+    def select(self, gradient: Tensor, active: Tensor | None) -> Tensor:
+        """The largest-|grad| ``1 - gradient_sparsity`` share of the active entries."""
+        magnitude = gradient.detach().abs()
+        n_active = magnitude.numel() if active is None else int(active.sum())
+        if active is not None:
+            magnitude = magnitude.masked_fill(~active, -1.0)
+        return top_k_mask(magnitude, kept_count(n_active, self.gradient_sparsity))
