@@ -1,0 +1,231 @@
+"""DDR's engine: dynamic data removal of the easiest training examples (SparCL Sec. 4.2).
+
+Framework-free: a plain training loop or an Avalanche plugin drives it with three calls,
+``start_experience`` (when an experience starts), ``observe`` (after each training forward pass, with
+the logits that pass already computed) and ``remove_due`` (at each epoch boundary), and trains on the
+``kept_positions`` it returns.
+
+Difficulty is Toneva et al.'s forgetting-event count, as in the paper: how often an example went from
+correctly to wrongly classified (``argmax`` over all logits) within the window since the last
+removal. Unlike the reference code, ties - the common case in a short window - are broken by a real
+signal, the example's mean training loss over the window, then by position, never by arrival order.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from avalanche_sparcl.validation import check_fraction, check_positive_int
+
+
+@dataclass(frozen=True)
+class DDRSettings:
+    """DDR hyperparameters; defaults are the paper setting (30% removed in 4 stages by epoch 20 of 50)."""
+
+    removal_ratio: float = 0.3
+    stages: int = 4
+    cutoff: float = 0.4
+
+    def __post_init__(self) -> None:
+        check_fraction("removal_ratio", self.removal_ratio)
+        check_positive_int("stages", self.stages)
+        check_fraction("cutoff", self.cutoff, include_low=False, include_high=True)
+
+
+@dataclass(frozen=True)
+class RemovalStage:
+    """One scheduled removal: before (0-based) ``epoch`` starts, drop the ``count`` easiest examples."""
+
+    epoch: int
+    count: int
+
+
+def removal_target(n_examples: int, removal_ratio: float) -> int:
+    """How many of the experience's examples are gone by the cutoff: ratio * n, rounded half up."""
+    return min(n_examples, math.floor(removal_ratio * n_examples + 0.5))
+
+
+def last_removal_epoch(n_epochs: int, cutoff: float) -> int:
+    """The last epoch boundary a stage may use: ``cutoff * n_epochs`` rounded down, kept inside 1..n-1.
+
+    A boundary at epoch 0 has nothing scored yet and one at ``n_epochs`` has nothing left to save, so
+    a short experience still removes at epoch 1 (``n_epochs >= 2``) rather than not at all.
+    """
+    return min(n_epochs - 1, max(1, math.floor(round(cutoff * n_epochs, 9))))
+
+
+def removal_schedule(n_examples: int, n_epochs: int, settings: DDRSettings) -> list[RemovalStage]:
+    """The experience's removal stages: equal counts at evenly spread epoch boundaries up to the cutoff.
+
+    Paper setting (50 epochs, 10000 examples): 750 examples at each of epochs 5, 10, 15 and 20. With too
+    few epochs (or examples) for ``stages`` stages there are fewer, larger ones; with a single epoch
+    nothing can be scored before training ends, so the schedule is empty.
+    """
+    total = removal_target(n_examples, settings.removal_ratio)
+    if n_epochs < 2 or total == 0:
+        return []
+    last_epoch = last_removal_epoch(n_epochs, settings.cutoff)
+    n_stages = min(settings.stages, last_epoch, total)
+    removed_by_stage = [total * stage // n_stages for stage in range(n_stages + 1)]
+    return [
+        RemovalStage(
+            epoch=math.ceil(round(last_epoch * stage / n_stages, 9)),
+            count=removed_by_stage[stage] - removed_by_stage[stage - 1],
+        )
+        for stage in range(1, n_stages + 1)
+    ]
+
+
+class ForgettingStatistics:
+    """Per-example forgetting events and mean loss over one window of training (SparCL Sec. 4.2).
+
+    All updates are vectorised scatters over the minibatch's positions, on the logits' device.
+    """
+
+    def __init__(self, n_examples: int, device: torch.device | str = "cpu"):
+        self.n_examples = n_examples
+        self.device = torch.device(device)
+        self.reset()
+
+    def reset(self) -> None:
+        """Start a new window: the paper restarts the statistics after each removal stage."""
+        n, device = self.n_examples, self.device
+        self.forgetting_events = torch.zeros(n, dtype=torch.long, device=device)
+        self.correct_count = torch.zeros(n, dtype=torch.long, device=device)
+        self.observations = torch.zeros(n, dtype=torch.long, device=device)
+        self.loss_sum = torch.zeros(n, dtype=torch.float64, device=device)
+        self.last_correct = torch.zeros(n, dtype=torch.bool, device=device)
+
+    @torch.no_grad()
+    def observe(self, positions: Tensor, logits: Tensor, labels: Tensor) -> None:
+        """Record one forward pass: rows of ``logits`` belong to the examples at ``positions``."""
+        if logits.device != self.device:
+            self._move_to(logits.device)
+        positions = positions.to(self.device, torch.long)
+        logits, labels = logits.detach(), labels.to(self.device)
+        correct = logits.argmax(dim=1) == labels
+        losses = F.cross_entropy(logits.float(), labels, reduction="none").to(torch.float64)
+        forgotten = (self.observations[positions] > 0) & self.last_correct[positions] & ~correct
+        self.forgetting_events.index_add_(0, positions, forgotten.long())
+        self.correct_count.index_add_(0, positions, correct.long())
+        self.observations.index_add_(0, positions, torch.ones_like(positions))
+        self.loss_sum.index_add_(0, positions, losses)
+        self.last_correct[positions] = correct
+
+    def difficulty_keys(self, positions: Tensor) -> tuple[Tensor, Tensor]:
+        """(forgetting score, mean loss) of each position; never correct in the window scores +inf."""
+        positions = positions.to(self.device, torch.long)
+        never_correct = self.correct_count[positions] == 0
+        score = self.forgetting_events[positions].to(torch.float64).masked_fill(never_correct, math.inf)
+        observations = self.observations[positions]
+        mean_loss = torch.where(
+            observations > 0,
+            self.loss_sum[positions] / observations.clamp(min=1),
+            torch.full_like(score, math.inf),
+        )
+        return score, mean_loss
+
+    def easiest_first(self, positions: Tensor) -> Tensor:
+        """``positions`` ordered easiest first: fewest forgetting events, then lowest mean loss, then
+        lowest position (a deterministic last resort)."""
+        positions = torch.sort(positions.to(self.device, torch.long)).values
+        score, mean_loss = self.difficulty_keys(positions)
+        order = torch.sort(mean_loss, stable=True).indices
+        order = order[torch.sort(score[order], stable=True).indices]
+        return positions[order]
+
+    def _move_to(self, device: torch.device) -> None:
+        self.device = device
+        for name in ("forgetting_events", "correct_count", "observations", "loss_sum", "last_correct"):
+            setattr(self, name, getattr(self, name).to(device))
+
+
+def select_easiest(statistics: ForgettingStatistics, candidates: Tensor, count: int) -> Tensor:
+    """Exactly ``count`` of ``candidates`` (distinct positions), the easiest ones, sorted by position."""
+    if not 0 <= count <= len(candidates):
+        raise ValueError(f"count must be in [0, {len(candidates)}], got {count}")
+    return torch.sort(statistics.easiest_first(candidates)[:count]).values
+
+
+@dataclass(frozen=True)
+class StageRecord:
+    """What one removal stage did: before ``epoch`` it removed ``removed`` examples, ``kept`` remain."""
+
+    epoch: int
+    removed: int
+    kept: int
+    removed_positions: tuple[int, ...] = field(repr=False)
+
+
+@dataclass
+class ExperienceRemoval:
+    """One experience's removal history (for metrics and users); positions index its dataset."""
+
+    experience: int
+    n_examples: int
+    n_epochs: int
+    stages: list[StageRecord] = field(default_factory=list)
+
+    @property
+    def kept(self) -> int:
+        """Examples still trained on after the last stage so far."""
+        return self.stages[-1].kept if self.stages else self.n_examples
+
+    @property
+    def removed_positions(self) -> list[int]:
+        """Every position removed in this experience, in stage order."""
+        return [position for stage in self.stages for position in stage.removed_positions]
+
+
+class DynamicDataRemoval:
+    """Owns one experience's kept set, its forgetting statistics and its removal schedule."""
+
+    def __init__(self, settings: DDRSettings | None = None):
+        self.settings = settings or DDRSettings()
+        self.history: list[ExperienceRemoval] = []
+        self.schedule: list[RemovalStage] = []
+        self.statistics = ForgettingStatistics(0)
+        self.kept_positions = torch.zeros(0, dtype=torch.long)
+
+    @property
+    def current(self) -> ExperienceRemoval | None:
+        """The record of the experience in progress (or the last one trained)."""
+        return self.history[-1] if self.history else None
+
+    def start_experience(self, experience: int, n_examples: int, n_epochs: int) -> list[RemovalStage]:
+        """All data back, fresh statistics, a schedule for this experience; returns the schedule."""
+        self.schedule = removal_schedule(n_examples, n_epochs, self.settings)
+        device = self.statistics.device
+        self.statistics = ForgettingStatistics(n_examples, device)
+        self.kept_positions = torch.arange(n_examples)
+        self.history.append(ExperienceRemoval(experience, n_examples, n_epochs))
+        return self.schedule
+
+    def observe(self, positions: Tensor, logits: Tensor, labels: Tensor) -> None:
+        """Feed one training forward pass; rows whose position is negative (replay) are ignored."""
+        from_experience = positions >= 0
+        if not bool(from_experience.all()):
+            positions = positions[from_experience]
+            from_experience = from_experience.to(logits.device)
+            logits, labels = logits[from_experience], labels[from_experience]
+        self.statistics.observe(positions, logits, labels)
+
+    def remove_due(self, epoch: int) -> Tensor | None:
+        """Run the stage scheduled before ``epoch``, if any: drop the easiest kept examples, restart the
+        statistics, and return the new kept positions (sorted); None when no stage is due."""
+        due = [stage for stage in self.schedule if stage.epoch == epoch]
+        if not due:
+            return None
+        count = sum(stage.count for stage in due)
+        removed = select_easiest(self.statistics, self.kept_positions, count).cpu()
+        self.kept_positions = self.kept_positions[~torch.isin(self.kept_positions, removed)]
+        self.statistics.reset()
+        self.current.stages.append(
+            StageRecord(epoch, len(removed), len(self.kept_positions), tuple(removed.tolist()))
+        )
+        return self.kept_positions

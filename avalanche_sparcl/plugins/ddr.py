@@ -1,0 +1,262 @@
+"""DDRPlugin: dynamic data removal (SparCL Sec. 4.2) for Avalanche strategies, replay ones included.
+
+Three Avalanche details are handled here, the algorithm lives in ``avalanche_sparcl.data_removal``:
+
+- Which rows of a minibatch are which examples: the experience's training data gets a position data
+  attribute; a collate function gives replay samples, which lack it, position -1 (never scored).
+- Removal between epochs: ``adapted_dataset`` is subset and the train loader rebuilt; a ``ReplayPlugin``
+  re-attaches its buffer to the new loader through its own ``before_training_exp`` (ER).
+- The replay buffer reads only the kept examples: each storage policy's ``update`` is given a view of
+  the experience with the removed examples left out (DER and ER fill it at the end of the
+  experience). ER_ACE fills it when the experience starts, with all data; at every stage that update
+  is redone from the state before it, with the kept examples, and ER_ACE's replay loader rebuilt.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from avalanche.benchmarks.utils.data_attribute import DataAttribute
+from avalanche.core import SupervisedPlugin
+from avalanche.training.plugins import ReplayPlugin
+from avalanche.training.utils import cycle
+from torch import Tensor
+
+from avalanche_sparcl.data_removal import DDRSettings, DynamicDataRemoval, ExperienceRemoval
+from avalanche_sparcl.validation import reject_unknown_options
+
+POSITION_ATTRIBUTE = "ddr_position"
+"""Data attribute holding each training example's position in its experience's dataset."""
+
+NOT_FROM_EXPERIENCE = -1
+"""Position given to minibatch rows that come from a replay buffer."""
+
+
+class DDRPlugin(SupervisedPlugin):
+    """Removes the easiest examples of each experience in stages, so later epochs cost less and the
+    replay buffer is filled with the harder, kept examples (SparCL Sec. 4.2).
+
+    ``removal_ratio`` of the experience's examples (in [0, 1)) are gone by ``cutoff`` (fraction of the
+    experience's epochs, in (0, 1]), removed in ``stages`` equal stages at epoch boundaries. Defaults
+    are the paper setting: 30% in 4 stages at epochs 5, 10, 15, 20 of 50. ``stage_counts`` holds one
+    :class:`ExperienceRemoval` per trained experience with the kept/removed counts of each stage.
+    """
+
+    def __init__(self, removal_ratio: float = 0.3, stages: int = 4, cutoff: float = 0.4, **options: Any):
+        super().__init__()
+        reject_unknown_options("DDRPlugin", set(options), {"removal_ratio", "stages", "cutoff"})
+        self.removal = DynamicDataRemoval(DDRSettings(removal_ratio, stages, cutoff))
+        self.full_dataset: Any = None  # the experience's tagged training data, before any removal
+        self.minibatch_positions: Tensor | None = None
+        self.experience_counter: int | None = None  # strategy.clock.train_exp_counter of the experience
+        self.updated_at_start: list[BufferRefill] = []
+        self.warned_single_epoch = False
+
+    @property
+    def settings(self) -> DDRSettings:
+        """The validated hyperparameters."""
+        return self.removal.settings
+
+    @property
+    def stage_counts(self) -> list[ExperienceRemoval]:
+        """Per trained experience, in order: its size and each stage's epoch, removed and kept counts."""
+        return self.removal.history
+
+    def before_training(self, strategy: Any, **kwargs: Any) -> None:
+        """Route every replay buffer's update through the kept examples."""
+        for policy in storage_policies(strategy):
+            if not isinstance(policy.update, KeptExamplesUpdate):
+                policy.update = KeptExamplesUpdate(policy, policy.update, self)
+
+    def after_train_dataset_adaptation(self, strategy: Any, **kwargs: Any) -> None:
+        """Tag the experience's training examples with their positions (all data is back)."""
+        n_examples = len(strategy.experience.dataset)
+        if len(strategy.adapted_dataset) != n_examples:
+            raise RuntimeError(
+                "DDRPlugin needs the adapted training data to be the experience's dataset, "
+                f"got {len(strategy.adapted_dataset)} examples for an experience of {n_examples}"
+            )
+        self.full_dataset = with_positions(strategy.adapted_dataset)
+        strategy.adapted_dataset = self.full_dataset
+
+    def before_training_exp(self, strategy: Any, **kwargs: Any) -> None:
+        """Schedule this experience's stages and restart the statistics."""
+        self.experience_counter = strategy.clock.train_exp_counter
+        self.updated_at_start = [
+            refill for refill in self.updated_at_start if refill.counter == self.experience_counter
+        ]
+        schedule = self.removal.start_experience(
+            strategy.experience.current_experience, len(self.full_dataset), strategy.train_epochs
+        )
+        if not schedule and strategy.train_epochs < 2 and self.settings.removal_ratio > 0:
+            if not self.warned_single_epoch:
+                warnings.warn(
+                    "DDRPlugin: an experience of a single epoch leaves no epoch to score examples "
+                    "in, so no data is removed from it",
+                    stacklevel=2,
+                )
+                self.warned_single_epoch = True
+
+    def before_training_epoch(self, strategy: Any, **kwargs: Any) -> None:
+        """At a stage boundary, drop the easiest examples and rebuild the loaders around the rest."""
+        kept = self.removal.remove_due(strategy.clock.train_exp_epochs)
+        if kept is None:
+            return
+        strategy.adapted_dataset = self.full_dataset.subset(kept.tolist())
+        strategy.make_train_dataloader(**kwargs)
+        for plugin in strategy.plugins:
+            if isinstance(plugin, ReplayPlugin):
+                plugin.before_training_exp(strategy, **kwargs)
+        for refill in self.updated_at_start:
+            refill.redo_with_kept_examples(strategy)
+
+    def before_training_iteration(self, strategy: Any, **kwargs: Any) -> None:
+        """Take the position field off the minibatch, so ``mb_task_id`` is the task label again."""
+        self.minibatch_positions = strategy.mbatch.pop()
+
+    def after_forward(self, strategy: Any, **kwargs: Any) -> None:
+        """Score the examples from this training forward pass itself (no extra forward).
+
+        The minibatch's current examples are its last rows: DER prepends its buffer samples.
+        """
+        positions = self.minibatch_positions
+        outputs, labels = strategy.mb_output, strategy.mb_y
+        if len(outputs) < len(positions):
+            raise RuntimeError(f"DDRPlugin: {len(outputs)} outputs for {len(positions)} examples")
+        self.removal.observe(positions, outputs[-len(positions) :], labels[-len(positions) :])
+
+    def kept_positions_now(self, strategy: Any) -> Tensor | None:
+        """Kept positions if a buffer updating now reads the experience being trained and some of its
+        examples were removed, else None."""
+        record = self.removal.current
+        if self.experience_counter != strategy.clock.train_exp_counter or record is None:
+            return None
+        return self.removal.kept_positions if record.stages else None
+
+
+class PositionCollate:
+    """Collates training minibatches; samples without the position field (replay) get position -1."""
+
+    def __init__(self, base_collate: Any):
+        self.base_collate = base_collate
+
+    def __call__(self, samples: list[Any]) -> Any:
+        width = max(len(sample) for sample in samples)
+        if any(len(sample) != width for sample in samples):
+            samples = [
+                [*sample, NOT_FROM_EXPERIENCE] if len(sample) == width - 1 else sample for sample in samples
+            ]
+        return self.base_collate(samples)
+
+
+def with_positions(dataset: Any) -> Any:
+    """``dataset`` with each example's position appended to its fields (kept by ``subset``)."""
+    positions = DataAttribute(range(len(dataset)), POSITION_ATTRIBUTE, use_in_getitem=True)
+    tagged = dataset.update_data_attribute(POSITION_ATTRIBUTE, positions)
+    if not isinstance(tagged.collate_fn, PositionCollate):
+        tagged.collate_fn = PositionCollate(tagged.collate_fn)
+    return tagged
+
+
+def storage_policies(strategy: Any) -> list[Any]:
+    """The replay buffers of the strategy (DER, ER_ACE) and of its plugins (ReplayPlugin)."""
+    owners = [strategy, *strategy.plugins]
+    policies = [getattr(owner, "storage_policy", None) for owner in owners]
+    unique = {id(policy): policy for policy in policies if policy is not None and hasattr(policy, "update")}
+    return list(unique.values())
+
+
+@contextmanager
+def experience_of_kept_examples(strategy: Any, kept_positions: Tensor) -> Iterator[None]:
+    """Within the block, ``strategy.experience.dataset`` holds only the kept examples."""
+    experience = strategy.experience
+    kept_view = copy.copy(experience)
+    kept_view._dataset = experience.dataset.subset(kept_positions.tolist())
+    strategy.experience = kept_view
+    try:
+        yield
+    finally:
+        strategy.experience = experience
+
+
+class KeptExamplesUpdate:
+    """Replaces a storage policy's ``update``: the buffer reads only the examples DDR kept.
+
+    An update for an experience DDR has not started yet (ER_ACE fills its buffer before training)
+    still sees all data; the policy's state before it is remembered, so every removal stage can redo it
+    with the kept examples.
+    """
+
+    def __init__(self, policy: Any, original_update: Any, plugin: DDRPlugin):
+        self.policy = policy
+        self.original_update = original_update
+        self.plugin = plugin
+
+    def __call__(self, strategy: Any, **kwargs: Any) -> Any:
+        kept_positions = self.plugin.kept_positions_now(strategy)
+        if kept_positions is not None:
+            with experience_of_kept_examples(strategy, kept_positions):
+                return self.original_update(strategy, **kwargs)
+        if self.plugin.experience_counter != strategy.clock.train_exp_counter:
+            self.plugin.updated_at_start.append(
+                BufferRefill(self, strategy.clock.train_exp_counter, policy_state(self.policy), kwargs)
+            )
+        return self.original_update(strategy, **kwargs)
+
+
+class BufferRefill:
+    """An experience-start buffer update (ER_ACE) to redo with the kept examples after each stage."""
+
+    def __init__(self, update: KeptExamplesUpdate, counter: int, state_before: dict, kwargs: dict):
+        self.update = update
+        self.counter = counter
+        self.state_before = state_before
+        self.kwargs = kwargs
+
+    def redo_with_kept_examples(self, strategy: Any) -> None:
+        """Restore the buffer as it was before the update, update it from the kept examples, and give
+        the strategy a replay loader over the new buffer (ER_ACE draws from its own)."""
+        policy = self.update.policy
+        vars(policy).clear()
+        vars(policy).update(policy_state_copy(self.state_before))
+        self.update(strategy, **self.kwargs)
+        if policy is getattr(strategy, "storage_policy", None) and getattr(strategy, "replay_loader", None):
+            rebuild_strategy_replay_loader(strategy)
+
+
+def policy_state(policy: Any) -> dict:
+    """A copy of a storage policy's state, deep enough that later updates do not change it.
+
+    Buffers replace their datasets and weight tensors rather than mutating them, so copying the
+    containers and the per-group buffer objects suffices (no example data is copied).
+    """
+    return policy_state_copy(vars(policy))
+
+
+def policy_state_copy(state: dict) -> dict:
+    """Copy of a state dict: containers and group buffers copied, datasets and tensors shared."""
+    copied = {}
+    for name, value in state.items():
+        if isinstance(value, dict):
+            copied[name] = {key: copy.copy(item) for key, item in value.items()}
+        elif isinstance(value, (set, list)):
+            copied[name] = copy.copy(value)
+        else:
+            copied[name] = value
+    return copied
+
+
+def rebuild_strategy_replay_loader(strategy: Any) -> None:
+    """A replay loader over the strategy's current buffer, as ER_ACE builds it at experience start."""
+    buffer = strategy.storage_policy.buffer
+    if len(buffer) < strategy.batch_size_mem:
+        strategy.replay_loader = None
+        return
+    strategy.replay_loader = cycle(
+        torch.utils.data.DataLoader(buffer, batch_size=strategy.batch_size_mem, shuffle=True, drop_last=True)
+    )

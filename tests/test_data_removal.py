@@ -1,0 +1,229 @@
+"""DDR's core: forgetting statistics, tie-break, exact-count selection and the stage schedule."""
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from avalanche_sparcl.data_removal import (
+    DDRSettings,
+    DynamicDataRemoval,
+    ForgettingStatistics,
+    RemovalStage,
+    removal_schedule,
+    removal_target,
+    select_easiest,
+)
+
+
+def logits_for(predictions: list[int], n_classes: int = 3) -> torch.Tensor:
+    """Logits whose argmax is each given class."""
+    return 5.0 * torch.nn.functional.one_hot(torch.tensor(predictions), n_classes).float()
+
+
+def test_paper_schedule_removes_750_of_10000_at_epochs_5_10_15_20():
+    assert removal_schedule(10000, 50, DDRSettings()) == [
+        RemovalStage(5, 750),
+        RemovalStage(10, 750),
+        RemovalStage(15, 750),
+        RemovalStage(20, 750),
+    ]
+
+
+def test_paper_setting_set_sizes_on_tiny_data():
+    """Reference sizes: 100%, 92.5%, 85%, 77.5%, 70% of the experience from epochs 0, 5, 10, 15, 20."""
+    n_examples, generator = 80, torch.Generator().manual_seed(0)
+    removal = DynamicDataRemoval()
+    removal.start_experience(0, n_examples, n_epochs=50)
+    sizes = []
+    for epoch in range(50):
+        removal.remove_due(epoch)
+        sizes.append(len(removal.kept_positions))
+        kept = removal.kept_positions
+        labels = torch.randint(0, 3, (len(kept),), generator=generator)
+        removal.observe(kept, torch.randn(len(kept), 3, generator=generator), labels)
+    assert [sizes[epoch] for epoch in (0, 5, 10, 15, 20)] == [80, 74, 68, 62, 56]
+    assert sizes == [80] * 5 + [74] * 5 + [68] * 5 + [62] * 5 + [56] * 30
+    assert [(s.epoch, s.removed, s.kept) for s in removal.current.stages] == [
+        (5, 6, 74),
+        (10, 6, 68),
+        (15, 6, 62),
+        (20, 6, 56),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("n_epochs", "expected"),
+    [
+        (1, []),
+        (2, [(1, 30)]),
+        (3, [(1, 30)]),
+        (5, [(1, 15), (2, 15)]),
+        (7, [(1, 15), (2, 15)]),
+        (10, [(1, 7), (2, 8), (3, 7), (4, 8)]),
+        (20, [(2, 7), (4, 8), (6, 7), (8, 8)]),
+        (50, [(5, 7), (10, 8), (15, 7), (20, 8)]),
+        (100, [(10, 7), (20, 8), (30, 7), (40, 8)]),
+    ],
+)
+def test_schedule_for_many_epoch_counts(n_epochs, expected):
+    schedule = removal_schedule(100, n_epochs, DDRSettings())
+    assert [(stage.epoch, stage.count) for stage in schedule] == expected
+
+
+def test_schedule_with_stages_that_do_not_divide_the_cutoff_spreads_them_evenly():
+    schedule = removal_schedule(100, 15, DDRSettings(removal_ratio=0.2, stages=4, cutoff=0.4))
+    assert [(stage.epoch, stage.count) for stage in schedule] == [(2, 5), (3, 5), (5, 5), (6, 5)]
+
+
+def test_fewer_examples_to_remove_than_stages_gives_fewer_stages():
+    schedule = removal_schedule(5, 50, DDRSettings(removal_ratio=0.4))
+    assert schedule == [RemovalStage(10, 1), RemovalStage(20, 1)]
+
+
+def test_cutoff_one_stops_removing_before_the_last_epoch():
+    schedule = removal_schedule(100, 4, DDRSettings(stages=4, cutoff=1.0))
+    assert [(stage.epoch, stage.count) for stage in schedule] == [(1, 10), (2, 10), (3, 10)]
+
+
+def test_removal_target_rounds_half_up_and_zero_ratio_removes_nothing():
+    assert removal_target(5, 0.3) == 2  # 1.5 -> 2
+    assert removal_target(15, 0.3) == 5  # 4.5 -> 5, not banker's 4
+    assert removal_target(272, 0.3) == 82
+    assert removal_schedule(100, 50, DDRSettings(removal_ratio=0.0)) == []
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    n_examples=st.integers(0, 20000),
+    n_epochs=st.integers(1, 200),
+    removal_ratio=st.floats(0, 1, exclude_max=True),
+    stages=st.integers(1, 12),
+    cutoff=st.floats(0, 1, exclude_min=True),
+)
+def test_schedule_properties(n_examples, n_epochs, removal_ratio, stages, cutoff):
+    config = DDRSettings(removal_ratio, stages, cutoff)
+    schedule = removal_schedule(n_examples, n_epochs, config)
+    target = removal_target(n_examples, removal_ratio)
+    if n_epochs == 1 or target == 0:
+        assert schedule == []
+        return
+    assert sum(stage.count for stage in schedule) == target == math.floor(removal_ratio * n_examples + 0.5)
+    epochs = [stage.epoch for stage in schedule]
+    assert epochs == sorted(set(epochs))
+    assert 1 <= epochs[0] and epochs[-1] <= n_epochs - 1
+    assert epochs[-1] <= max(1, cutoff * n_epochs + 1e-6)
+    assert 1 <= len(schedule) <= stages
+    counts = [stage.count for stage in schedule]
+    assert min(counts) >= 1 and max(counts) - min(counts) <= 1
+
+
+def test_forgetting_events_count_correct_to_wrong_transitions_only():
+    statistics = ForgettingStatistics(3)
+    labels = torch.tensor([0, 1, 2])
+    # example 0: right, wrong, right, wrong -> 2 events; 1: wrong, right, right, right -> 0;
+    # 2: never right -> ranked hardest
+    for predictions in ([0, 0, 0], [1, 1, 0], [0, 1, 1], [2, 1, 0]):
+        statistics.observe(torch.tensor([0, 1, 2]), logits_for(predictions), labels)
+    assert statistics.forgetting_events.tolist() == [2, 0, 0]
+    score, _ = statistics.difficulty_keys(torch.tensor([0, 1, 2]))
+    assert score.tolist() == [2.0, 0.0, math.inf]
+    assert statistics.easiest_first(torch.tensor([0, 1, 2])).tolist() == [1, 0, 2]
+
+
+def test_tie_break_is_mean_loss_not_position_or_arrival_order():
+    """In a one-epoch window nobody is forgotten: the lowest mean loss must decide."""
+    n_examples = 6
+    statistics = ForgettingStatistics(n_examples)
+    labels = torch.zeros(n_examples, dtype=torch.long)
+    confidence = torch.tensor([0.5, 1.0, 1.5, 2.0, 2.5, 3.0])  # later positions are easier
+    logits = torch.stack([confidence, torch.zeros(n_examples)], dim=1)
+    arrival = torch.tensor([3, 0, 5, 1, 4, 2])
+    statistics.observe(arrival, logits[arrival], labels[arrival])
+    assert statistics.forgetting_events.tolist() == [0] * n_examples
+    assert statistics.easiest_first(torch.arange(n_examples)).tolist() == [5, 4, 3, 2, 1, 0]
+    assert select_easiest(statistics, torch.arange(n_examples), 2).tolist() == [4, 5]
+
+
+def test_mean_loss_is_averaged_over_the_window():
+    statistics = ForgettingStatistics(2)
+    labels = torch.tensor([0, 0])
+    # example 0 is confident once and barely right once; example 1 twice moderately right
+    statistics.observe(torch.tensor([0, 1]), torch.tensor([[4.0, 0.0], [1.0, 0.0]]), labels)
+    statistics.observe(torch.tensor([0, 1]), torch.tensor([[0.1, 0.0], [1.0, 0.0]]), labels)
+    _, mean_loss = statistics.difficulty_keys(torch.tensor([0, 1]))
+    expected = torch.nn.functional.cross_entropy(
+        torch.tensor([[4.0, 0.0], [0.1, 0.0]]), torch.tensor([0, 0]), reduction="none"
+    ).mean()
+    assert mean_loss[0].item() == pytest.approx(expected.item())
+    assert statistics.easiest_first(torch.tensor([0, 1])).tolist() == [1, 0]
+
+
+def test_exact_ties_fall_back_to_the_lowest_position():
+    statistics = ForgettingStatistics(4)
+    statistics.observe(torch.tensor([3, 2, 1, 0]), logits_for([0, 0, 0, 0]), torch.zeros(4, dtype=torch.long))
+    assert statistics.easiest_first(torch.tensor([2, 0, 3, 1])).tolist() == [0, 1, 2, 3]
+
+
+def test_unobserved_examples_rank_hardest():
+    statistics = ForgettingStatistics(3)
+    statistics.observe(torch.tensor([0, 2]), logits_for([1, 1]), torch.tensor([1, 1]))
+    assert statistics.easiest_first(torch.arange(3)).tolist() == [0, 2, 1]
+
+
+def test_replay_rows_with_negative_positions_are_ignored():
+    removal = DynamicDataRemoval()
+    removal.start_experience(0, 2, n_epochs=10)
+    removal.observe(torch.tensor([-1, 1, -1]), logits_for([0, 1, 2]), torch.tensor([0, 1, 2]))
+    assert removal.statistics.observations.tolist() == [0, 1]
+    assert removal.statistics.correct_count.tolist() == [0, 1]
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    n_examples=st.integers(1, 300),
+    data=st.data(),
+)
+def test_selection_takes_exactly_the_count_easiest(n_examples, data):
+    seed = data.draw(st.integers(0, 2**31 - 1))
+    generator = torch.Generator().manual_seed(seed)
+    statistics = ForgettingStatistics(n_examples)
+    labels = torch.randint(0, 3, (n_examples,), generator=generator)
+    for _ in range(data.draw(st.integers(0, 4))):
+        order = torch.randperm(n_examples, generator=generator)
+        logits = torch.randn(n_examples, 3, generator=generator)
+        statistics.observe(order, logits[order], labels[order])
+    candidates = torch.randperm(n_examples, generator=generator)[: data.draw(st.integers(0, n_examples))]
+    count = data.draw(st.integers(0, len(candidates)))
+    chosen = select_easiest(statistics, candidates, count)
+    assert len(chosen) == len(set(chosen.tolist())) == count
+    assert set(chosen.tolist()) <= set(candidates.tolist())
+    score, mean_loss = statistics.difficulty_keys(candidates)
+    keys = sorted(zip(score.tolist(), mean_loss.tolist(), candidates.tolist(), strict=True))
+    assert sorted(chosen.tolist()) == sorted(position for _, _, position in keys[:count])
+
+
+def test_select_rejects_a_count_larger_than_the_candidates():
+    with pytest.raises(ValueError, match=r"^count must be in \[0, 2\], got 3$"):
+        select_easiest(ForgettingStatistics(2), torch.arange(2), 3)
+
+
+def test_removed_examples_stay_removed_and_statistics_restart_each_stage():
+    removal = DynamicDataRemoval(DDRSettings(removal_ratio=0.5, stages=2, cutoff=0.5))
+    removal.start_experience(7, 10, n_epochs=4)
+    labels = torch.zeros(10, dtype=torch.long)
+    kept_sets = []
+    for epoch in range(4):
+        if removal.remove_due(epoch) is not None:
+            assert removal.statistics.observations.sum().item() == 0
+        kept_sets.append(set(removal.kept_positions.tolist()))
+        kept = removal.kept_positions
+        removal.observe(kept, torch.stack([kept.float(), torch.zeros(len(kept))], dim=1), labels[kept])
+    assert [len(kept) for kept in kept_sets] == [10, 8, 5, 5]
+    assert kept_sets[0] >= kept_sets[1] >= kept_sets[2] == kept_sets[3]
+    record = removal.current
+    assert (record.experience, record.n_examples, record.kept) == (7, 10, 5)
+    # a larger position has a larger margin for its label, so a lower loss: the easiest go first
+    assert [stage.removed_positions for stage in record.stages] == [(8, 9), (5, 6, 7)]

@@ -1,0 +1,310 @@
+"""DDRPlugin inside real Avalanche strategies: counts per epoch, replay after removal, buffer contents."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import pytest
+import torch
+from avalanche.benchmarks import nc_benchmark
+from avalanche.benchmarks.utils import _make_taskaware_tensor_classification_dataset
+from avalanche.core import SupervisedPlugin
+from avalanche.training import DER, ER_ACE, Naive, Replay
+from avalanche.training.plugins import ReplayPlugin
+from torch import nn
+
+from avalanche_sparcl import DDRPlugin
+from avalanche_sparcl.benchmarks import split_digits
+from avalanche_sparcl.models import SmallCNN
+from avalanche_sparcl.plugins.ddr import POSITION_ATTRIBUTE
+from avalanche_sparcl.plugins.tdm import TDMPlugin
+
+EPOCHS = 10
+MEMORY = 100
+
+
+class MinibatchCounter(SupervisedPlugin):
+    """Counts, per epoch, current-experience and replay rows of the training minibatches.
+
+    Placed before DDRPlugin, it still sees the position field: >= 0 for the experience's examples,
+    -1 for ER's buffer rows. DER prepends its buffer rows later; ER_ACE forwards its buffer apart.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.current = []  # [experience][epoch] -> current-experience samples seen
+        self.replay = []
+        self.data_fraction = []  # [experience][epoch] -> len(adapted_dataset) / len(experience.dataset)
+        self.loader_rows = 0
+
+    def before_training_exp(self, strategy, **kwargs):
+        self.current.append([])
+        self.replay.append([])
+        self.data_fraction.append([])
+
+    def before_training_epoch(self, strategy, **kwargs):
+        self.current[-1].append(0)
+        self.replay[-1].append(0)
+
+    def before_training_iteration(self, strategy, **kwargs):
+        positions = strategy.mbatch[-1]
+        self.loader_rows = len(positions)
+        self.current[-1][-1] += int((positions >= 0).sum())
+        self.replay[-1][-1] += int((positions < 0).sum())
+
+    def after_forward(self, strategy, **kwargs):
+        self.replay[-1][-1] += len(strategy.mb_output) - self.loader_rows  # DER's prepended rows
+        if getattr(strategy, "replay_loader", None) is not None and hasattr(strategy, "mb_buffer_out"):
+            self.replay[-1][-1] += len(strategy.mb_buffer_out)  # ER_ACE
+
+    def after_training_epoch(self, strategy, **kwargs):
+        self.data_fraction[-1].append(len(strategy.adapted_dataset) / len(strategy.experience.dataset))
+
+
+def input_keys(dataset) -> list[bytes]:
+    """The raw bytes of each example's input: an identity that survives subsets and buffers."""
+    return [dataset[index][0].numpy().tobytes() for index in range(len(dataset))]
+
+
+def buffer_of(strategy):
+    """The replay buffer dataset of a DER / ER_ACE strategy or of its ReplayPlugin."""
+    owners = [strategy, *strategy.plugins]
+    return next(owner.storage_policy.buffer for owner in owners if hasattr(owner, "storage_policy"))
+
+
+def make_strategy(name: str, plugins: list, epochs: int = EPOCHS, **options):
+    torch.manual_seed(0)
+    model = SmallCNN(width=8)
+    common = dict(
+        model=model,
+        optimizer=torch.optim.SGD(model.parameters(), lr=0.05),
+        criterion=nn.CrossEntropyLoss(),
+        train_mb_size=64,
+        train_epochs=epochs,
+        eval_mb_size=512,
+        evaluator=None,
+        **options,
+    )
+    if name == "naive":
+        return Naive(plugins=plugins, **common)
+    if name == "er":
+        return Naive(plugins=[*plugins, ReplayPlugin(mem_size=MEMORY)], **common)
+    if name == "replay":
+        return Replay(mem_size=MEMORY, plugins=plugins, **common)
+    if name == "der":
+        return DER(mem_size=MEMORY, batch_size_mem=32, plugins=plugins, **common)
+    if name == "er_ace":
+        return ER_ACE(mem_size=MEMORY, batch_size_mem=32, plugins=plugins, **common)
+    raise ValueError(name)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    torch.set_num_threads(1)  # the small model is faster single-threaded on a shared CPU
+    return split_digits(n_experiences=5, seed=0)
+
+
+@pytest.fixture(scope="module", params=["naive", "er", "der", "er_ace"])
+def ddr_run(request, digits):
+    """One run per strategy on all of Split Digits, with what each test needs recorded."""
+    counter, ddr = MinibatchCounter(), DDRPlugin(removal_ratio=0.3)
+    strategy = make_strategy(request.param, [counter, ddr])
+    buffers, removed, kept = [], [], []
+    for experience in digits.train_stream:
+        strategy.train(experience)
+        record = ddr.stage_counts[-1]
+        keys = input_keys(experience.dataset)
+        removed_set = set(record.removed_positions)
+        removed.append({keys[p] for p in removed_set})
+        kept.append({keys[p] for p in range(len(keys)) if p not in removed_set})
+        if request.param != "naive":
+            buffers.append(set(input_keys(buffer_of(strategy))))
+    return request.param, counter, ddr, buffers, removed, kept, digits
+
+
+def test_last_epoch_trains_on_70_percent_of_every_experience(ddr_run):
+    _, counter, ddr, *_, digits = ddr_run
+    sizes = [len(experience.dataset) for experience in digits.train_stream]
+    assert [record.n_examples for record in ddr.stage_counts] == sizes
+    for size, per_epoch, record in zip(sizes, counter.current, ddr.stage_counts, strict=True):
+        target = size - math.floor(0.3 * size + 0.5)
+        assert abs(per_epoch[-1] - 0.7 * size) <= 1
+        assert per_epoch[0] == size  # all data back at the start of every experience
+        assert per_epoch[4:] == [target] * (EPOCHS - 4)  # stages at epochs 1-4 of 10
+        assert [stage.epoch for stage in record.stages] == [1, 2, 3, 4]
+        assert per_epoch[1:5] == [stage.kept for stage in record.stages]
+        assert sum(stage.removed for stage in record.stages) == size - target
+
+
+def test_data_fraction_is_visible_to_metrics(ddr_run):
+    _, counter, ddr, *_ = ddr_run
+    for fractions, record in zip(counter.data_fraction, ddr.stage_counts, strict=True):
+        assert fractions[0] == 1.0
+        assert fractions[-1] == record.kept / record.n_examples
+
+
+def test_replay_continues_after_the_loader_is_rebuilt(ddr_run):
+    name, counter, *_ = ddr_run
+    if name == "naive":
+        assert all(rows == 0 for epochs in counter.replay for rows in epochs)
+        return
+    assert counter.replay[0] == [0] * EPOCHS  # nothing to replay in the first experience
+    for epochs in counter.replay[1:]:
+        assert all(rows > 0 for rows in epochs), epochs  # every epoch, before and after each removal
+
+
+def test_buffer_is_filled_only_from_kept_examples(ddr_run):
+    name, _, _, buffers, removed, kept, _ = ddr_run
+    assert len(buffers) == (0 if name == "naive" else 5)
+    if name == "naive":
+        return
+    for buffer, removed_keys, kept_keys in zip(buffers, removed, kept, strict=True):
+        removed_only = removed_keys - kept_keys  # identical images may exist in both
+        assert len(removed_only) >= 70
+        assert buffer & kept_keys, "the buffer holds examples of the experience just trained"
+        assert not buffer & removed_only
+
+
+def test_easy_examples_known_in_advance_are_removed_first():
+    """Well-separated points are easy; points carrying the other cluster's label (noise) are hard."""
+    generator = torch.Generator().manual_seed(0)
+    n_clean, n_noisy = 60, 20
+    labels = torch.cat([torch.arange(2).repeat(n_clean // 2), torch.arange(2).repeat(n_noisy // 2)])
+    centres = torch.tensor([[-4.0, 0.0], [4.0, 0.0]])
+    cluster = torch.cat([labels[:n_clean], 1 - labels[n_clean:]])  # noisy points sit in the other cluster
+    inputs = centres[cluster] + 0.5 * torch.randn(len(labels), 2, generator=generator)
+    data = _make_taskaware_tensor_classification_dataset(inputs, labels)
+    benchmark = nc_benchmark(data, data, 1, task_labels=False, seed=0)
+    experience = benchmark.train_stream[0]
+    noisy = [
+        position
+        for position in range(len(experience.dataset))
+        if (experience.dataset[position][0][0] > 0).long().item() != experience.dataset[position][1]
+    ]
+    assert len(noisy) == n_noisy
+    torch.manual_seed(0)
+    model = nn.Linear(2, 2)
+    ddr = DDRPlugin(removal_ratio=0.5, stages=2, cutoff=0.5)
+    strategy = Naive(
+        model=model,
+        optimizer=torch.optim.SGD(model.parameters(), lr=0.5),
+        train_mb_size=16,
+        train_epochs=6,
+        evaluator=None,
+        plugins=[ddr],
+    )
+    strategy.train(experience)
+    record = ddr.stage_counts[0]
+    assert [(stage.epoch, stage.removed, stage.kept) for stage in record.stages] == [(2, 20, 60), (3, 20, 40)]
+    assert not set(record.removed_positions) & set(noisy)
+
+
+def test_paper_setting_set_sizes_in_a_real_strategy():
+    """50 epochs, defaults: 100%, 92.5%, 85%, 77.5%, 70% of the data from epochs 0, 5, 10, 15, 20."""
+    generator = torch.Generator().manual_seed(0)
+    inputs, labels = torch.randn(40, 4, generator=generator), torch.arange(2).repeat(20)
+    data = _make_taskaware_tensor_classification_dataset(inputs, labels)
+    experience = nc_benchmark(data, data, 1, task_labels=False, seed=0).train_stream[0]
+    model = nn.Linear(4, 2)
+    counter, ddr = MinibatchCounter(), DDRPlugin()
+    strategy = Naive(
+        model=model,
+        optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+        train_mb_size=40,
+        train_epochs=50,
+        evaluator=None,
+        plugins=[counter, ddr],
+    )
+    strategy.train(experience)
+    per_epoch = counter.current[0]
+    assert [per_epoch[epoch] for epoch in (0, 5, 10, 15, 20)] == [40, 37, 34, 31, 28]
+    assert per_epoch == [40] * 5 + [37] * 5 + [34] * 5 + [31] * 5 + [28] * 30
+
+
+@pytest.mark.parametrize("ddr_first", [True, False], ids=["ddr-then-tdm", "tdm-then-ddr"])
+def test_composes_with_tdm_in_either_order(digits, ddr_first):
+    counter, ddr, tdm = MinibatchCounter(), DDRPlugin(), TDMPlugin(sparsity=0.5)
+    plugins = [counter, ddr, tdm] if ddr_first else [counter, tdm, ddr]
+    strategy = make_strategy("der", plugins, epochs=5)
+    for experience in digits.train_stream[:2]:
+        strategy.train(experience)
+    sizes = [len(experience.dataset) for experience in digits.train_stream[:2]]
+    for size, per_epoch in zip(sizes, counter.current, strict=True):
+        removed = math.floor(0.3 * size + 0.5)  # in 2 stages: 5 epochs leave room for boundaries 1 and 2
+        assert per_epoch == [size, size - removed // 2] + [size - removed] * 3
+    parameters = dict(strategy.model.named_parameters())
+    assert tdm.masks
+    for name, mask in tdm.masks.items():
+        assert mask.float().mean().item() == pytest.approx(0.5, abs=0.02)
+        assert torch.all(parameters[name][~mask] == 0)
+    assert all(rows > 0 for rows in counter.replay[1])
+
+
+@pytest.mark.parametrize("name", ["replay", "er"])
+def test_periodic_evaluation_and_repeated_train_calls(digits, name):
+    counter, ddr = MinibatchCounter(), DDRPlugin()
+    strategy = make_strategy(name, [counter, ddr], epochs=5, eval_every=1)
+    for experience in digits.train_stream[:2]:
+        strategy.train(experience, eval_streams=[digits.test_stream[:1]])
+    strategy.train(digits.train_stream[1], eval_streams=[digits.test_stream[:1]])  # the same one again
+    sizes = [len(digits.train_stream[index].dataset) for index in (0, 1, 1)]
+    for size, per_epoch in zip(sizes, counter.current, strict=True):
+        assert per_epoch[0] == size
+        assert per_epoch[-1] == size - math.floor(0.3 * size + 0.5)
+    assert all(rows > 0 for epochs in counter.replay[1:] for rows in epochs)
+    assert [record.experience for record in ddr.stage_counts] == [0, 1, 1]
+
+
+def test_single_epoch_removes_nothing_and_warns_once(digits):
+    counter, ddr = MinibatchCounter(), DDRPlugin()
+    strategy = make_strategy("naive", [counter, ddr], epochs=1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for experience in digits.train_stream[:2]:
+            strategy.train(experience)
+    messages = [str(w.message) for w in caught if "DDRPlugin" in str(w.message)]
+    assert messages == [
+        "DDRPlugin: an experience of a single epoch leaves no epoch to score examples in, "
+        "so no data is removed from it"
+    ]
+    assert [record.stages for record in ddr.stage_counts] == [[], []]
+    assert counter.current == [[len(experience.dataset)] for experience in digits.train_stream[:2]]
+
+
+def test_position_field_never_reaches_the_strategy(digits):
+    """After DDR's hook the minibatch is [x, y, task] again; the position stays a data attribute."""
+    seen = []
+
+    class TaskLabelProbe(SupervisedPlugin):
+        def before_forward(self, strategy, **kwargs):
+            seen.append((len(strategy.mbatch), set(strategy.mb_task_id.tolist())))
+
+    strategy = make_strategy("naive", [DDRPlugin(), TaskLabelProbe()], epochs=2)
+    strategy.train(digits.train_stream[0])
+    assert seen and all(entry == (3, {0}) for entry in seen)
+    assert POSITION_ATTRIBUTE not in digits.train_stream[0].dataset._data_attributes
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ({"removal_ratio": 1.0}, "removal_ratio must be in [0, 1), got 1.0"),
+        ({"removal_ratio": -0.1}, "removal_ratio must be in [0, 1), got -0.1"),
+        ({"removal_ratio": float("nan")}, "removal_ratio must be in [0, 1), got nan"),
+        ({"removal_ratio": "0.3"}, "removal_ratio must be a number in [0, 1), got '0.3'"),
+        ({"stages": 0}, "stages must be an integer >= 1, got 0"),
+        ({"stages": 2.0}, "stages must be an integer >= 1, got 2.0"),
+        ({"cutoff": 0}, "cutoff must be in (0, 1], got 0.0"),
+        ({"cutoff": 1.5}, "cutoff must be in (0, 1], got 1.5"),
+        (
+            {"stage": 4},
+            "DDRPlugin got unknown option(s) 'stage' (did you mean 'stages'?); "
+            "accepted options: cutoff, removal_ratio, stages",
+        ),
+    ],
+)
+def test_bad_input_names_the_argument_and_its_range(arguments, message):
+    with pytest.raises(ValueError) as error:
+        DDRPlugin(**arguments)
+    assert str(error.value) == message
