@@ -1,7 +1,7 @@
 """SparCL (Wang et al., NeurIPS 2022) as Avalanche plugins: sparse continual learning."""
 
-from avalanche_sparcl.plugins import TDMPlugin
+from avalanche_sparcl.plugins import DDRPlugin, DGMPlugin, MaskedHeadPlugin, SparCLPlugin, TDMPlugin
 
 __version__ = "0.1.0"
 
-__all__ = ["TDMPlugin", "__version__"]
+__all__ = ["DDRPlugin", "DGMPlugin", "MaskedHeadPlugin", "SparCLPlugin", "TDMPlugin", "__version__"]

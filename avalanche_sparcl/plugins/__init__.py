@@ -1,5 +1,9 @@
 """Thin Avalanche adapters over the SparCL core."""
 
+from avalanche_sparcl.plugins.ddr import DDRPlugin
+from avalanche_sparcl.plugins.dgm import DGMPlugin
+from avalanche_sparcl.plugins.masked_head import MaskedHeadPlugin
+from avalanche_sparcl.plugins.sparcl import SparCLPlugin
 from avalanche_sparcl.plugins.tdm import TDMPlugin
 
-__all__ = ["TDMPlugin"]
+__all__ = ["DDRPlugin", "DGMPlugin", "MaskedHeadPlugin", "SparCLPlugin", "TDMPlugin"]

@@ -7,8 +7,8 @@ from typing import Any
 
 import torch
 from avalanche.core import SupervisedPlugin
-from avalanche.models.utils import avalanche_forward
 
+from avalanche_sparcl.plugins.common import probe_forward
 from avalanche_sparcl.sparse.dynamic import DynamicSparsity, TDMSettings
 from avalanche_sparcl.validation import reject_unknown_options
 
@@ -65,11 +65,3 @@ class TDMPlugin(SupervisedPlugin):
     def after_training_exp(self, strategy: Any, **kwargs: Any) -> None:
         """End at the target sparsity even if the experience was too short for its shrink."""
         self.dynamic_sparsity.finish_experience(strategy.optimizer)
-
-
-def probe_forward(strategy: Any) -> Any:
-    """One forward pass on the first training example, to see the order of the model's layers."""
-    example = strategy.adapted_dataset[0]
-    inputs = torch.as_tensor(example[0]).unsqueeze(0).to(strategy.device)
-    task_labels = torch.as_tensor([int(example[2])], device=strategy.device)
-    return avalanche_forward(strategy.model, inputs, task_labels)

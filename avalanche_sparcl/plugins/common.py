@@ -1,0 +1,16 @@
+"""Small helpers the plugins share to read an Avalanche strategy."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from avalanche.models.utils import avalanche_forward
+
+
+def probe_forward(strategy: Any) -> Any:
+    """One forward pass on the first training example, to see the order of the model's layers."""
+    example = strategy.adapted_dataset[0]
+    inputs = torch.as_tensor(example[0]).unsqueeze(0).to(strategy.device)
+    task_labels = torch.as_tensor([int(example[2])], device=strategy.device)
+    return avalanche_forward(strategy.model, inputs, task_labels)

@@ -1,0 +1,74 @@
+"""DGMPlugin: dynamic gradient masking (SparCL Sec. 4.3) for any Avalanche SGD strategy."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from avalanche.core import SupervisedPlugin
+
+from avalanche_sparcl.plugins.common import probe_forward
+from avalanche_sparcl.plugins.tdm import TDMPlugin
+from avalanche_sparcl.sparse.gradient_masks import GradientMasking
+from avalanche_sparcl.sparse.layers import default_sparse_weights
+from avalanche_sparcl.validation import check_fraction, check_positive_int, reject_unknown_options
+
+
+class DGMPlugin(SupervisedPlugin):
+    """Applies only the largest gradients of the active weights of each masked layer.
+
+    With a ``TDMPlugin`` listed before it (or inside ``SparCLPlugin``) it works on TDM's layers and
+    counts ``gradient_sparsity`` over TDM's active weights, refreshing right after every mask
+    change; on its own it uses TDM's default layer set with every weight active.
+    """
+
+    def __init__(self, gradient_sparsity: float = 0.2, refresh_every: int = 30, **options: Any):
+        super().__init__()
+        reject_unknown_options("DGMPlugin", options, ["gradient_sparsity", "refresh_every"])
+        self.gradient_sparsity = check_fraction("gradient_sparsity", gradient_sparsity)
+        self.refresh_every = check_positive_int("refresh_every", refresh_every)
+        self.tdm: TDMPlugin | None = None
+        self.gradient_masking: GradientMasking | None = None
+        self.seen_mask_updates = 0
+
+    @property
+    def gradient_masks(self) -> dict[str, torch.Tensor]:
+        """Parameter name -> bool mask of the weight-gradient entries applied (within the weight mask)."""
+        return {} if self.gradient_masking is None else self.gradient_masking.masks
+
+    def before_training_exp(self, strategy: Any, **kwargs: Any) -> None:
+        """Pick the layers on first use; refresh at the start of every experience."""
+        if self.gradient_masking is None:
+            self.tdm = self.tdm or preceding_tdm(strategy, self)
+            if self.tdm is not None:
+                params = self.tdm.dynamic_sparsity.params
+            else:
+                all_params = dict(strategy.model.named_parameters())
+                names = default_sparse_weights(strategy.model, lambda: probe_forward(strategy))
+                params = {name: all_params[name] for name in names}
+            self.gradient_masking = GradientMasking(params, self.gradient_sparsity, self.refresh_every)
+        self.gradient_masking.start_experience()
+
+    def after_backward(self, strategy: Any, **kwargs: Any) -> None:
+        """Mask the gradients, after TDM has read them for CWI and zeroed the pruned ones."""
+        weight_masks = None
+        mask_changed = False
+        if self.tdm is not None:
+            weight_masks = self.tdm.masks
+            mask_changed = len(self.tdm.dynamic_sparsity.history) != self.seen_mask_updates
+            self.seen_mask_updates = len(self.tdm.dynamic_sparsity.history)
+        self.gradient_masking.apply(weight_masks, refresh=mask_changed)
+
+
+def preceding_tdm(strategy: Any, dgm: DGMPlugin) -> TDMPlugin | None:
+    """The TDMPlugin listed before ``dgm``; one listed after it would read already-masked gradients."""
+    plugins = list(strategy.plugins)
+    tdms = [plugin for plugin in plugins if isinstance(plugin, TDMPlugin)]
+    if not tdms or dgm not in plugins:  # inside SparCLPlugin the parent chose already
+        return None
+    if plugins.index(tdms[0]) > plugins.index(dgm):
+        raise ValueError(
+            "TDMPlugin must be listed before DGMPlugin in plugins=[...]: TDM's importance reads the "
+            "gradients before DGM masks them (or use SparCLPlugin, which orders its parts itself)"
+        )
+    return tdms[0]

@@ -1,0 +1,92 @@
+"""SparCLPlugin: TDM + DDR + DGM (and optionally the masked head) as one Avalanche plugin."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+from avalanche.core import SupervisedPlugin
+
+from avalanche_sparcl.plugins.ddr import DDRPlugin
+from avalanche_sparcl.plugins.dgm import DGMPlugin
+from avalanche_sparcl.plugins.masked_head import MaskedHeadPlugin
+from avalanche_sparcl.plugins.tdm import TDMPlugin
+from avalanche_sparcl.sparse.dynamic import TDMSettings
+from avalanche_sparcl.validation import check_fraction, reject_unknown_options
+
+TDM_OPTIONS = {f.name for f in dataclasses.fields(TDMSettings)} - {"sparsity"}
+DDR_OPTIONS = {"stages", "cutoff"}
+DGM_OPTIONS = {"refresh_every"}
+
+
+class SparCLPlugin(SupervisedPlugin):
+    """SparCL on any Avalanche SGD strategy: sparse weights, less data, sparse gradient updates.
+
+    ``sparsity`` drives TDM (0 = dense network, unless a ``profile`` is given), ``removal_ratio``
+    DDR (0 = keep all data), ``gradient_sparsity`` DGM (0 = apply all gradients of the kept
+    weights); every other option goes to the part that owns it (see TDMPlugin, DDRPlugin,
+    DGMPlugin). ``masked_head`` makes the current experience's cross-entropy see only its classes.
+
+    Inside every hook the parts run in one fixed order, DDR, masked head, TDM, DGM, so that within
+    a step DDR scores the raw logits before the head is masked, TDM's importance reads the
+    gradients before TDM zeroes the pruned ones and DGM masks the rest, and DGM refreshes its
+    selection right after each TDM mask change.
+    """
+
+    def __init__(
+        self,
+        sparsity: float = 0.75,
+        removal_ratio: float = 0.3,
+        gradient_sparsity: float = 0.2,
+        masked_head: bool = False,
+        **options: Any,
+    ):
+        super().__init__()
+        reject_unknown_options(
+            "SparCLPlugin",
+            set(options) - TDM_OPTIONS - DDR_OPTIONS - DGM_OPTIONS,
+            {"sparsity", "removal_ratio", "gradient_sparsity", "masked_head"}
+            | TDM_OPTIONS
+            | DDR_OPTIONS
+            | DGM_OPTIONS,
+        )
+        if not isinstance(masked_head, bool):
+            raise ValueError(f"masked_head must be True or False, got {masked_head!r}")
+        tdm_options = {k: v for k, v in options.items() if k in TDM_OPTIONS}
+        ddr_options = {k: v for k, v in options.items() if k in DDR_OPTIONS}
+        dgm_options = {k: v for k, v in options.items() if k in DGM_OPTIONS}
+        dense = check_fraction("sparsity", sparsity) == 0 and tdm_options.get("profile") is None
+        self.tdm = None if dense else TDMPlugin(sparsity, **tdm_options)
+        self.ddr = DDRPlugin(removal_ratio, **ddr_options) if removal_ratio != 0 else None
+        self.dgm = DGMPlugin(gradient_sparsity, **dgm_options) if gradient_sparsity != 0 else None
+        if self.dgm is not None:
+            self.dgm.tdm = self.tdm
+        head = MaskedHeadPlugin() if masked_head else None
+        self.parts: list[SupervisedPlugin] = [
+            part for part in (self.ddr, head, self.tdm, self.dgm) if part is not None
+        ]
+
+    @property
+    def masks(self) -> dict[str, torch.Tensor]:
+        """TDM's weight masks (empty for a dense network)."""
+        return {} if self.tdm is None else self.tdm.masks
+
+    @property
+    def gradient_masks(self) -> dict[str, torch.Tensor]:
+        """DGM's gradient masks (empty when DGM is off)."""
+        return {} if self.dgm is None else self.dgm.gradient_masks
+
+
+def _call_parts(hook: str) -> Any:
+    def call(self: SparCLPlugin, strategy: Any, **kwargs: Any) -> None:
+        for part in self.parts:
+            getattr(part, hook)(strategy, **kwargs)
+
+    call.__name__ = hook
+    call.__doc__ = f"Run each part's ``{hook}`` in the fixed order."
+    return call
+
+
+for _hook in [name for name in dir(SupervisedPlugin) if name.startswith(("before_", "after_"))]:
+    setattr(SparCLPlugin, _hook, _call_parts(_hook))

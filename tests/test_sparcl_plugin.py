@@ -1,0 +1,274 @@
+"""SparCLPlugin: the three parts composed, switchable, in a fixed order, on many strategies."""
+
+import pytest
+import torch
+from avalanche.core import SupervisedPlugin
+from avalanche.evaluation.metrics import accuracy_metrics
+from avalanche.training import AGEM, DER, ER_ACE, EWC, LwF, Naive, Replay
+from avalanche.training.plugins import (
+    EarlyStoppingPlugin,
+    EvaluationPlugin,
+    LRSchedulerPlugin,
+    ReplayPlugin,
+)
+from test_dgm import GradientAudit
+from torch import nn
+
+from avalanche_sparcl import SparCLPlugin
+from avalanche_sparcl.models import SmallCNN
+from avalanche_sparcl.plugins.masked_head import MaskedHeadPlugin
+from avalanche_sparcl.sparse.masks import kept_count
+
+
+def quiet():
+    return EvaluationPlugin(accuracy_metrics(stream=True), loggers=[])
+
+
+class CurrentSamplesPerEpoch(SupervisedPlugin):
+    """Counts the current-experience samples of every training epoch (buffer rows excluded)."""
+
+    def __init__(self):
+        super().__init__()
+        self.counts = {}
+
+    def after_training_iteration(self, strategy, **kwargs):
+        current = torch.isin(strategy.mb_y, torch.tensor(strategy.experience.classes_in_this_experience))
+        key = (strategy.clock.train_exp_counter, strategy.clock.train_exp_epochs)
+        self.counts[key] = self.counts.get(key, 0) + int(current.sum())
+
+
+def build(strategy_name, model, plugins, epochs=10, **extra):
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.03)
+    common = {"train_mb_size": 32, "train_epochs": epochs, "eval_mb_size": 512, "evaluator": quiet()}
+    if strategy_name == "der":
+        return DER(model=model, optimizer=optimizer, mem_size=200, plugins=plugins, **common)
+    if strategy_name == "er":
+        return Naive(
+            model=model, optimizer=optimizer, plugins=[ReplayPlugin(mem_size=200), *plugins], **common
+        )
+    if strategy_name == "replay":
+        return Replay(
+            model=model,
+            optimizer=optimizer,
+            criterion=nn.CrossEntropyLoss(),
+            mem_size=200,
+            plugins=plugins,
+            **common,
+        )
+    if strategy_name == "er_ace":
+        return ER_ACE(model=model, optimizer=optimizer, mem_size=200, plugins=plugins, **common)
+    return Naive(model=model, optimizer=optimizer, plugins=plugins, **common)
+
+
+@pytest.mark.parametrize("strategy_name", ["der", "er"])
+def test_sparcl_der_and_er_run_end_to_end_with_all_three_parts(strategy_name, digits_benchmark):
+    torch.manual_seed(0)
+    model = SmallCNN()
+    sparcl = SparCLPlugin(sparsity=0.75, removal_ratio=0.3, gradient_sparsity=0.2)
+    audit = GradientAudit(lambda: sparcl.masks, lambda: sparcl.gradient_masks, 0.2)
+    seen = CurrentSamplesPerEpoch()
+    strategy = build(strategy_name, model, [sparcl, audit, seen])
+    stream = digits_benchmark.train_stream
+    for experience in stream:
+        strategy.train(experience)
+    params = dict(model.named_parameters())
+    for name, mask in sparcl.masks.items():
+        assert int(mask.sum()) == kept_count(mask.numel(), 0.75)
+        assert not params[name].detach()[~mask].any()
+    for index, experience in enumerate(stream):
+        n = len(experience.dataset)
+        assert seen.counts[(index, 0)] == n
+        assert abs(seen.counts[(index, 9)] - (n - round(0.3 * n))) <= 1
+    assert audit.iterations > 0
+    accuracy = strategy.eval(digits_benchmark.test_stream)["Top1_Acc_Stream/eval_phase/test_stream/Task000"]
+    assert accuracy > 0.6
+
+
+def test_importance_reads_gradients_before_dgm_masks_them(digits_benchmark):
+    """CWI's window grows by the raw |grad|, also where TDM and DGM then zero the gradient."""
+
+    class ImportanceAudit(SupervisedPlugin):
+        previous = None
+        checked = 0
+
+        def after_backward(self, strategy, **kwargs):
+            importance = sparcl.tdm.dynamic_sparsity.importance
+            params = dict(strategy.model.named_parameters())
+            sums = {name: total.clone() for name, total in importance.gradient_sums.items()}
+            if self.previous and self.previous[0] + 1 == importance.window_iterations:
+                for name, total in sums.items():
+                    raw = total - self.previous[1][name]
+                    applied = params[name].grad.abs()
+                    selected = sparcl.gradient_masks[name]
+                    assert torch.allclose(raw[selected], applied[selected])
+                    assert not applied[~selected].any()
+                    assert int((raw[~selected] > 0).sum()) > 0.4 * int((~selected).sum())
+                    self.checked += 1
+            self.previous = (importance.window_iterations, sums)
+
+    torch.manual_seed(0)
+    sparcl = SparCLPlugin(removal_ratio=0, gradient_sparsity=0.5)
+    audit = ImportanceAudit()
+    strategy = build("naive", SmallCNN(), [sparcl, audit], epochs=2)
+    strategy.train(digits_benchmark.train_stream[0])
+    # 18 iterations, 9 windows (the experience start and 8 mask updates): 9 with a previous step
+    assert audit.checked == 3 * 9
+
+
+@pytest.mark.parametrize(
+    ("options", "parts"),
+    [
+        ({}, ["DDRPlugin", "TDMPlugin", "DGMPlugin"]),
+        ({"sparsity": 0}, ["DDRPlugin", "DGMPlugin"]),
+        ({"removal_ratio": 0}, ["TDMPlugin", "DGMPlugin"]),
+        ({"gradient_sparsity": 0}, ["DDRPlugin", "TDMPlugin"]),
+        ({"masked_head": True}, ["DDRPlugin", "MaskedHeadPlugin", "TDMPlugin", "DGMPlugin"]),
+        ({"sparsity": 0, "removal_ratio": 0, "gradient_sparsity": 0}, []),
+    ],
+)
+def test_each_part_switches_off_and_the_order_is_fixed(options, parts):
+    sparcl = SparCLPlugin(**options)
+    assert [type(part).__name__ for part in sparcl.parts] == parts
+
+
+def test_dense_sparcl_with_dgm_masks_gradients_of_the_default_layers(digits_benchmark):
+    torch.manual_seed(0)
+    sparcl = SparCLPlugin(sparsity=0, removal_ratio=0, gradient_sparsity=0.2)
+    audit = GradientAudit(lambda: {}, lambda: sparcl.gradient_masks, 0.2)
+    model = SmallCNN()
+    strategy = build("naive", model, [sparcl, audit], epochs=1)
+    strategy.train(digits_benchmark.train_stream[0])
+    assert sparcl.masks == {} and not any((p == 0).all() for p in model.parameters())
+    assert sorted(sparcl.gradient_masks) == ["conv2.weight", "conv3.weight", "fc1.weight"]
+
+
+def test_options_reach_the_part_that_owns_them():
+    sparcl = SparCLPlugin(sparsity=0.9, mutate_ratio=0.02, stages=2, cutoff=0.5, refresh_every=7)
+    assert sparcl.tdm.settings.mutate_ratio == 0.02 and sparcl.tdm.settings.sparsity == 0.9
+    assert (sparcl.ddr.settings.stages, sparcl.ddr.settings.cutoff) == (2, 0.5)
+    assert sparcl.dgm.refresh_every == 7
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"sparsity": float("nan")}, "sparsity must be in [0, 1), got nan"),
+        ({"gradient_sparsity": -0.2}, "gradient_sparsity must be in [0, 1), got -0.2"),
+        ({"masked_head": "yes"}, "masked_head must be True or False, got 'yes'"),
+        (
+            {"mutate": 0.1},
+            "SparCLPlugin got unknown option(s) 'mutate' (did you mean 'mutate_ratio'?); "
+            "accepted options: cutoff, expand_ratio, freeze_at, gradient_sparsity, importance_lambda, "
+            "masked_head, mutate_ratio, profile, refresh_every, regrow, removal_ratio, seed, sparsity, "
+            "stages, update_every",
+        ),
+    ],
+)
+def test_bad_options_are_rejected(options, message):
+    with pytest.raises(ValueError) as error:
+        SparCLPlugin(**options)
+    assert str(error.value) == message
+
+
+def test_masked_head_hides_other_classes_for_current_samples_only():
+    class FakeStrategy:
+        experience = type("Experience", (), {"classes_in_this_experience": [2, 3]})()
+        mb_y = torch.tensor([0, 2, 3, 1])  # rows 0 and 3 are buffer samples of earlier classes
+        mb_output = torch.zeros(4, 5)
+
+    strategy = FakeStrategy()
+    MaskedHeadPlugin().after_forward(strategy)
+    inf = float("-inf")
+    assert strategy.mb_output.tolist() == [
+        [0, 0, 0, 0, 0],
+        [inf, inf, 0, 0, inf],
+        [inf, inf, 0, 0, inf],
+        [0, 0, 0, 0, 0],
+    ]
+
+
+@pytest.mark.parametrize("masked_head", [True, False])
+def test_masked_head_keeps_later_classes_out_of_current_data_loss(masked_head, digits_benchmark):
+    torch.manual_seed(0)
+    initial = SmallCNN()
+    torch.manual_seed(0)
+    model = SmallCNN()
+    sparcl = SparCLPlugin(masked_head=masked_head, removal_ratio=0)
+    strategy = build("naive", model, [sparcl], epochs=2)
+    for experience in digits_benchmark.train_stream[:2]:
+        strategy.train(experience)
+    unseen = [c for e in digits_benchmark.train_stream[2:] for c in e.classes_in_this_experience]
+    unchanged = torch.equal(model.classifier.bias[unseen], initial.classifier.bias[unseen])
+    assert unchanged is masked_head
+
+
+@pytest.mark.parametrize("strategy_name", ["replay", "er_ace"])
+def test_sparcl_runs_with_replay_and_er_ace(strategy_name, digits_benchmark):
+    torch.manual_seed(0)
+    model = SmallCNN()
+    sparcl = SparCLPlugin(sparsity=0.9)
+    strategy = build(strategy_name, model, [sparcl], epochs=3)
+    for experience in digits_benchmark.train_stream[:2]:
+        strategy.train(experience)
+    assert {name: int(mask.sum()) for name, mask in sparcl.masks.items()} == {
+        "conv2.weight": 1843,
+        "conv3.weight": 3686,
+        "fc1.weight": 3277,
+    }
+
+
+@pytest.mark.parametrize("other", ["ewc", "lwf", "agem", "lr_scheduler", "early_stopping"])
+def test_sparcl_runs_beside_other_avalanche_strategies_and_plugins(other, digits_benchmark):
+    torch.manual_seed(0)
+    model = SmallCNN()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.03)
+    sparcl = SparCLPlugin(sparsity=0.9)
+    common = {"train_mb_size": 64, "train_epochs": 3, "evaluator": quiet()}
+    if other == "ewc":
+        strategy = EWC(
+            model=model,
+            optimizer=optimizer,
+            criterion=nn.CrossEntropyLoss(),
+            ewc_lambda=1.0,
+            plugins=[sparcl],
+            **common,
+        )
+    elif other == "lwf":
+        strategy = LwF(
+            model=model,
+            optimizer=optimizer,
+            criterion=nn.CrossEntropyLoss(),
+            alpha=1.0,
+            temperature=2.0,
+            plugins=[sparcl],
+            **common,
+        )
+    elif other == "agem":
+        strategy = AGEM(
+            model=model,
+            optimizer=optimizer,
+            criterion=nn.CrossEntropyLoss(),
+            patterns_per_exp=50,
+            plugins=[sparcl],
+            **common,
+        )
+    elif other == "lr_scheduler":
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
+        strategy = Naive(
+            model=model, optimizer=optimizer, plugins=[LRSchedulerPlugin(scheduler), sparcl], **common
+        )
+    else:
+        stopper = EarlyStoppingPlugin(patience=1, val_stream_name="train_stream")
+        strategy = Naive(
+            model=model,
+            optimizer=optimizer,
+            plugins=[sparcl, stopper],
+            eval_every=1,
+            **{**common, "evaluator": EvaluationPlugin(loggers=[])},
+        )
+    for experience in digits_benchmark.train_stream[:2]:
+        strategy.train(experience, eval_streams=[digits_benchmark.train_stream[:2]])
+    params = dict(model.named_parameters())
+    for name, mask in sparcl.masks.items():
+        assert int(mask.sum()) == kept_count(mask.numel(), 0.9)
+        assert not params[name].detach()[~mask].any()
