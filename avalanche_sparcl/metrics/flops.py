@@ -1,0 +1,141 @@
+"""Training FLOPs as an Avalanche metric: per experience and cumulative over the run.
+
+SparCL's claim is efficiency (Sec. 5, "up to 23x fewer training FLOPs"), so dense baselines and
+sparse runs are measured by the same counter (:mod:`avalanche_sparcl.metrics.flop_counter`): every
+pass made while the strategy trains counts (buffer samples, DER's end-of-experience logit pass, a
+plugin's probe), evaluation passes do not.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from avalanche.evaluation import PluginMetric
+from avalanche.evaluation.metric_results import MetricResult, MetricValue
+from avalanche.evaluation.metric_utils import get_metric_name
+
+from avalanche_sparcl.metrics.flop_counter import FlopBreakdown, TrainingFlopCounter
+from avalanche_sparcl.metrics.masks import (
+    GRADIENT_MASKS,
+    WEIGHT_MASKS,
+    KeptCounts,
+    strategy_masks,
+    weight_gradient_kept,
+)
+
+if TYPE_CHECKING:
+    from avalanche.training.templates import SupervisedTemplate
+
+BREAKDOWN_NAMES = {
+    "forward": "TrainFLOPs_Forward",
+    "input_gradient": "TrainFLOPs_InputGradient",
+    "weight_gradient": "TrainFLOPs_WeightGradient",
+    "other": "TrainFLOPs_Other",
+}
+
+
+class TrainFlops(PluginMetric[float]):
+    """Sparsity-aware training FLOPs; ``result()`` is the run total so far.
+
+    Emits after each training experience: ``TrainFLOPs_Exp`` (that experience, including passes a
+    strategy makes when it ends), ``TrainFLOPs_Total`` (the whole run: the figure to compare between
+    runs) and, with ``breakdown``, the run total of each part (forward, input gradient, weight
+    gradient, other dense operations).
+    """
+
+    def __init__(self, experience: bool = True, total: bool = True, breakdown: bool = False):
+        super().__init__()
+        self.emit_experience = experience
+        self.emit_total = total
+        self.emit_breakdown = breakdown
+        self.counter: TrainingFlopCounter | None = None
+        self._kept_counts = KeptCounts()
+        self._gradient_kept_counts = KeptCounts()
+        self._at_last_experience = FlopBreakdown()
+        self._counting_before_eval: list[bool] = []
+
+    def result(self) -> float:
+        return 0.0 if self.counter is None else self.counter.breakdown().total
+
+    def breakdown(self) -> FlopBreakdown:
+        """The run's FLOPs so far, by part."""
+        return FlopBreakdown() if self.counter is None else self.counter.breakdown()
+
+    def reset(self) -> None:
+        if self.counter is not None:
+            self.counter.reset()
+        self._at_last_experience = FlopBreakdown()
+
+    def before_training(self, strategy: SupervisedTemplate) -> None:
+        """Hook the model and start counting."""
+        if self.counter is None:
+            self.counter = TrainingFlopCounter(strategy.model)
+        self.counter.attach(strategy.model)
+        self.counter.counting = True
+
+    def before_training_exp(self, strategy: SupervisedTemplate) -> None:
+        """Follow a model the strategy adapted or replaced."""
+        self.counter.attach(strategy.model)
+        self._refresh_weight_density(strategy)
+
+    def before_training_iteration(self, strategy: SupervisedTemplate) -> None:
+        """Read the weight masks after the plugins updated them for this iteration."""
+        self._refresh_weight_density(strategy)
+
+    def after_backward(self, strategy: SupervisedTemplate) -> None:
+        """Book this step's weight gradients with the gradient masks applied to them."""
+        self._settle(strategy)
+
+    def after_training_exp(self, strategy: SupervisedTemplate) -> MetricResult:
+        self._settle(strategy)
+        so_far = self.counter.breakdown()
+        experience = so_far - self._at_last_experience
+        self._at_last_experience = so_far
+        position = strategy.clock.train_iterations
+        values = []
+        if self.emit_experience:
+            name = get_metric_name("TrainFLOPs_Exp", strategy, add_experience=True, add_task=False)
+            values.append(MetricValue(self, name, experience.total, position))
+        if self.emit_total:
+            name = get_metric_name("TrainFLOPs_Total", strategy, add_task=False)
+            values.append(MetricValue(self, name, so_far.total, position))
+        if self.emit_breakdown:
+            for part, metric_name in BREAKDOWN_NAMES.items():
+                name = get_metric_name(metric_name, strategy, add_task=False)
+                values.append(MetricValue(self, name, getattr(so_far, part), position))
+        return values
+
+    def after_training(self, strategy: SupervisedTemplate) -> None:
+        self.counter.counting = False
+
+    def before_eval(self, strategy: SupervisedTemplate) -> None:
+        """Evaluation passes are not training FLOPs (also when evaluation runs inside training)."""
+        if self.counter is not None:
+            self._counting_before_eval.append(self.counter.counting)
+            self.counter.counting = False
+
+    def after_eval(self, strategy: SupervisedTemplate) -> None:
+        if self.counter is not None and self._counting_before_eval:
+            self.counter.counting = self._counting_before_eval.pop()
+
+    def _refresh_weight_density(self, strategy: Any) -> None:
+        self.counter.weight_kept = self._kept_counts(strategy_masks(strategy, WEIGHT_MASKS))
+
+    def _settle(self, strategy: Any) -> None:
+        gradient_kept = self._gradient_kept_counts(strategy_masks(strategy, GRADIENT_MASKS))
+        self.counter.settle_weight_gradients(weight_gradient_kept(self.counter.weight_kept, gradient_kept))
+
+    def __str__(self) -> str:
+        return "TrainFLOPs"
+
+
+def flops_metrics(
+    *, experience: bool = True, total: bool = True, breakdown: bool = False
+) -> list[PluginMetric]:
+    """Training-FLOPs metrics for ``EvaluationPlugin`` (one counter, so the hooks run once per layer).
+
+    :param experience: emit ``TrainFLOPs_Exp`` after each training experience.
+    :param total: emit ``TrainFLOPs_Total``, the cumulative FLOPs of the run.
+    :param breakdown: also emit the cumulative forward, input-gradient, weight-gradient and other FLOPs.
+    """
+    return [TrainFlops(experience=experience, total=total, breakdown=breakdown)]

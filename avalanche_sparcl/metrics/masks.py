@@ -1,0 +1,64 @@
+"""Where the metrics find masks: any plugin of the strategy with a ``masks`` or ``gradient_masks``.
+
+A plugin's ``masks`` (parameter name -> bool tensor, True = kept) define weight density; its
+``gradient_masks`` the weight-gradient entries applied at the current step. Without gradient masks
+the kept gradient entries are the weight mask's (pruned weights get no gradient), or all of them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+WEIGHT_MASKS = "masks"
+GRADIENT_MASKS = "gradient_masks"
+
+
+def strategy_masks(strategy: Any, attribute: str) -> dict[str, Tensor]:
+    """The masks all plugins expose under ``attribute``; a parameter masked twice keeps the overlap."""
+    merged: dict[str, Tensor] = {}
+    for plugin in getattr(strategy, "plugins", []):
+        masks = getattr(plugin, attribute, None)
+        if not masks:
+            continue
+        for name, mask in masks.items():
+            merged[name] = mask if name not in merged else merged[name] & mask
+    return merged
+
+
+class KeptCounts:
+    """Kept and total entries per mask, recounted only when a mask tensor changed.
+
+    Masks are replaced or edited in place at mask updates only, so caching on the tensor's identity
+    and version keeps the per-iteration cost to one comparison per mask.
+    """
+
+    def __init__(self) -> None:
+        self._cache: dict[str, tuple[Tensor, int, int]] = {}
+
+    def __call__(self, masks: dict[str, Tensor]) -> dict[str, tuple[int, int]]:
+        stale = [
+            name
+            for name, mask in masks.items()
+            if name not in self._cache
+            or self._cache[name][0] is not mask
+            or self._cache[name][1] != mask._version
+        ]
+        if stale:
+            sums = [masks[name].sum() for name in stale]
+            try:
+                kept = torch.stack(sums).tolist()  # one device synchronisation for all masks
+            except RuntimeError:  # masks on different devices
+                kept = [int(s) for s in sums]
+            for name, count in zip(stale, kept, strict=True):
+                self._cache[name] = (masks[name], masks[name]._version, int(count))
+        return {name: (self._cache[name][2], mask.numel()) for name, mask in masks.items()}
+
+
+def weight_gradient_kept(
+    weight_kept: dict[str, tuple[int, int]], gradient_kept: dict[str, tuple[int, int]]
+) -> dict[str, tuple[int, int]]:
+    """Kept weight-gradient entries: the gradient mask where there is one, else the weight mask."""
+    return {**weight_kept, **gradient_kept}
