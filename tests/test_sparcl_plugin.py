@@ -32,14 +32,17 @@ class CurrentSamplesPerEpoch(SupervisedPlugin):
         self.counts = {}
 
     def after_training_iteration(self, strategy, **kwargs):
-        current = torch.isin(strategy.mb_y, torch.tensor(strategy.experience.classes_in_this_experience))
+        current = torch.isin(
+            strategy.mb_y,
+            torch.tensor(strategy.experience.classes_in_this_experience, device=strategy.mb_y.device),
+        )
         key = (strategy.clock.train_exp_counter, strategy.clock.train_exp_epochs)
         self.counts[key] = self.counts.get(key, 0) + int(current.sum())
 
 
 def build(strategy_name, model, plugins, epochs=10, **extra):
     optimizer = torch.optim.SGD(model.parameters(), lr=0.03)
-    common = {"train_mb_size": 32, "train_epochs": epochs, "eval_mb_size": 512, "evaluator": quiet()}
+    common = {"train_mb_size": 32, "train_epochs": epochs, "eval_mb_size": 512, "evaluator": quiet(), **extra}
     if strategy_name == "der":
         return DER(model=model, optimizer=optimizer, mem_size=200, plugins=plugins, **common)
     if strategy_name == "er":
@@ -272,3 +275,22 @@ def test_sparcl_runs_beside_other_avalanche_strategies_and_plugins(other, digits
     for name, mask in sparcl.masks.items():
         assert int(mask.sum()) == kept_count(mask.numel(), 0.9)
         assert not params[name].detach()[~mask].any()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("strategy_name", ["der", "er", "er_ace"])
+def test_sparcl_on_cuda_keeps_every_mask_on_the_device(strategy_name, digits_benchmark):
+    torch.manual_seed(0)
+    model = SmallCNN()
+    sparcl = SparCLPlugin(sparsity=0.9, removal_ratio=0.3, gradient_sparsity=0.2)
+    audit = GradientAudit(lambda: sparcl.masks, lambda: sparcl.gradient_masks, 0.2)
+    seen = CurrentSamplesPerEpoch()
+    strategy = build(strategy_name, model, [sparcl, audit, seen], epochs=5, device="cuda")
+    for experience in digits_benchmark.train_stream[:2]:
+        strategy.train(experience)
+    assert all(m.is_cuda for m in sparcl.masks.values())
+    assert all(m.is_cuda for m in sparcl.gradient_masks.values())
+    assert all(int(mask.sum()) == kept_count(mask.numel(), 0.9) for mask in sparcl.masks.values())
+    for index, experience in enumerate(digits_benchmark.train_stream[:2]):
+        n = len(experience.dataset)
+        assert abs(seen.counts[(index, 4)] - (n - round(0.3 * n))) <= 1
