@@ -11,10 +11,10 @@ from avalanche.training.plugins import EvaluationPlugin
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from avalanche_sparcl.benchmarks import split_digits
+from avalanche_sparcl.logits import mask_other_classes
 from avalanche_sparcl.metrics import (
     data_metrics,
     flops_metrics,
-    mask_other_classes,
     sparsity_metrics,
     task_il_accuracy_metrics,
 )

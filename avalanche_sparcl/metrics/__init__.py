@@ -12,7 +12,6 @@ from avalanche_sparcl.metrics.task_il import (
     TaskILAccuracy,
     TaskILExperienceForgetting,
     TaskILStreamForgetting,
-    mask_other_classes,
     task_il_accuracy_metrics,
 )
 
@@ -28,7 +27,6 @@ __all__ = [
     "WeightSparsity",
     "data_metrics",
     "flops_metrics",
-    "mask_other_classes",
     "sparsity_metrics",
     "task_il_accuracy_metrics",
 ]

@@ -7,24 +7,16 @@ argmax. Avalanche's metrics never mask, so they measure Class-IL; these sit next
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-import torch
 from avalanche.evaluation import GenericPluginMetric, PluginMetric
 from avalanche.evaluation.metrics import Accuracy, ExperienceForgetting, StreamForgetting
 from torch import Tensor
 
+from avalanche_sparcl.logits import mask_other_classes
+
 if TYPE_CHECKING:
     from avalanche.training.templates import SupervisedTemplate
-
-
-def mask_other_classes(scores: Tensor, classes: Iterable[int]) -> Tensor:
-    """``scores`` with every column outside ``classes`` set to -inf (columns beyond the head ignored)."""
-    columns = scores.shape[-1]
-    keep = torch.zeros(columns, dtype=torch.bool, device=scores.device)
-    keep[[c for c in classes if 0 <= c < columns]] = True
-    return scores.masked_fill(~keep, float("-inf"))
 
 
 def task_il_scores(strategy: Any) -> Tensor:

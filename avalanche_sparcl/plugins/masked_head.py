@@ -7,6 +7,8 @@ from typing import Any
 import torch
 from avalanche.core import SupervisedPlugin
 
+from avalanche_sparcl.logits import mask_other_classes
+
 
 class MaskedHeadPlugin(SupervisedPlugin):
     """Sets the logits of classes outside the current experience to -inf for current samples.
@@ -18,11 +20,8 @@ class MaskedHeadPlugin(SupervisedPlugin):
 
     def after_forward(self, strategy: Any, **kwargs: Any) -> None:
         """Mask the logits of the current samples (after anything that reads raw logits)."""
-        current_classes = torch.as_tensor(
-            list(strategy.experience.classes_in_this_experience), device=strategy.mb_output.device
-        )
+        classes = list(strategy.experience.classes_in_this_experience)
         outputs = strategy.mb_output
-        is_current_sample = torch.isin(strategy.mb_y, current_classes)
-        is_other_class = ~torch.isin(torch.arange(outputs.shape[1], device=outputs.device), current_classes)
-        hidden = is_current_sample.unsqueeze(1) & is_other_class.unsqueeze(0)
-        strategy.mb_output = outputs.masked_fill(hidden, float("-inf"))
+        is_current_sample = torch.isin(strategy.mb_y, torch.as_tensor(classes, device=outputs.device))
+        masked = mask_other_classes(outputs, classes)
+        strategy.mb_output = torch.where(is_current_sample.unsqueeze(1), masked, outputs)
