@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import torch
 from avalanche.benchmarks import nc_benchmark
+from avalanche.benchmarks.classic import SplitCIFAR10, SplitCIFAR100, SplitTinyImageNet
 from avalanche.benchmarks.utils import _make_taskaware_tensor_classification_dataset
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
@@ -37,4 +41,93 @@ def split_digits(
         seed=seed,
         fixed_class_order=fixed_class_order,
         class_ids_from_zero_in_each_exp=False,
+    )
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """The data of a benchmark is not under its ``dataset_root``.
+
+    Raised before Avalanche is called: offline, Avalanche's classic benchmarks would try to download
+    and fail with an unhelpful ``URLError``.
+    """
+
+
+DATASET_FILES: dict[str, tuple[str, ...]] = {
+    "split_cifar10": tuple(
+        f"cifar-10-batches-py/{name}"
+        for name in ("batches.meta", *(f"data_batch_{i}" for i in range(1, 6)), "test_batch")
+    ),
+    "split_cifar100": ("cifar-100-python/meta", "cifar-100-python/train", "cifar-100-python/test"),
+    "split_tinyimagenet": (
+        "tiny-imagenet-200/wnids.txt",
+        "tiny-imagenet-200/train/",
+        "tiny-imagenet-200/val/images/",
+        "tiny-imagenet-200/val/val_annotations.txt",
+    ),
+}
+"""Benchmark -> paths expected under ``dataset_root`` (a trailing '/' marks a folder), as the
+torchvision / Avalanche loaders read them after their own download step."""
+
+
+def is_present(path: Path, folder: bool) -> bool:
+    return path.is_dir() if folder else path.is_file()
+
+
+def check_dataset_files(benchmark: str, dataset_root: str | Path) -> Path:
+    """Return ``dataset_root`` as a Path if every expected file of ``benchmark`` is there.
+
+    Raises DatasetNotFoundError naming the root and the missing files otherwise.
+    """
+    root = Path(os.path.expandvars(str(dataset_root))).expanduser()
+    expected = DATASET_FILES[benchmark]
+    missing = [name for name in expected if not is_present(root / name, folder=name.endswith("/"))]
+    if missing:
+        raise DatasetNotFoundError(
+            f"{benchmark}: data not found under dataset_root {str(root)!r} ({root.resolve()}); "
+            f"missing {len(missing)} of the expected paths: {', '.join(missing)}. "
+            "Put the extracted dataset there (see experiments/README.md) or change benchmark.dataset_root."
+        )
+    return root
+
+
+def split_cifar10(
+    dataset_root: str | Path, n_experiences: int = 5, seed: int = 0, return_task_id: bool = False
+):
+    """Split CIFAR-10 from a local copy, classes in their natural order (0-1, 2-3, ...), as in the
+    DER / SparCL protocol; Avalanche's default augmentation (random crop, flip) for training."""
+    root = check_dataset_files("split_cifar10", dataset_root)
+    return SplitCIFAR10(
+        n_experiences,
+        return_task_id=return_task_id,
+        seed=seed,
+        fixed_class_order=list(range(10)),
+        dataset_root=root,
+    )
+
+
+def split_cifar100(
+    dataset_root: str | Path, n_experiences: int = 10, seed: int = 0, return_task_id: bool = False
+):
+    """Split CIFAR-100 from a local copy, classes in their natural order."""
+    root = check_dataset_files("split_cifar100", dataset_root)
+    return SplitCIFAR100(
+        n_experiences,
+        return_task_id=return_task_id,
+        seed=seed,
+        fixed_class_order=list(range(100)),
+        dataset_root=root,
+    )
+
+
+def split_tinyimagenet(
+    dataset_root: str | Path, n_experiences: int = 10, seed: int = 0, return_task_id: bool = False
+):
+    """Split Tiny-ImageNet (64x64, 200 classes) from a local copy, classes in their natural order."""
+    root = check_dataset_files("split_tinyimagenet", dataset_root)
+    return SplitTinyImageNet(
+        n_experiences,
+        return_task_id=return_task_id,
+        seed=seed,
+        fixed_class_order=list(range(200)),
+        dataset_root=root,
     )

@@ -1,110 +1,49 @@
-"""`make demo`: DER++ on Split Digits, dense against sparse, on the CPU in about a minute.
+"""`make demo`: the Split Digits comparison on the CPU in a few minutes.
 
-Prints the final Class-IL accuracy (mean over the test stream, after the last experience) and the
-weight sparsity of the masked layers, for each method and seed.
+Runs the six quick configs in experiments/configs/split_digits/ (dense ER and DER++, SparCL-ER and
+SparCL-DER++ at weight sparsity 0.75 and 0.90; 5 experiences, 10 epochs each, buffer 200) for each
+seed through the same runner as ``sparcl-bench run``, then prints the report's table (Class-IL,
+Task-IL, training FLOPs and their ratio to the dense run) and the path of the accuracy-vs-FLOPs plot.
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+import time
+from collections.abc import Sequence
+from pathlib import Path
 
-import torch
-from avalanche.core import SupervisedPlugin
-from avalanche.evaluation.metrics import accuracy_metrics
-from avalanche.training import DER
-from avalanche.training.plugins import EvaluationPlugin
+from avalanche_sparcl.experiments.config import load_config
+from avalanche_sparcl.experiments.report import write_report
+from avalanche_sparcl.experiments.runner import RunOptions, run_experiment
 
-from avalanche_sparcl.benchmarks import split_digits
-from avalanche_sparcl.models import SmallCNN
-from avalanche_sparcl.plugins import TDMPlugin
-
-CLASS_IL_ACCURACY = "Top1_Acc_Stream/eval_phase/test_stream/Task000"
-
-
-@dataclass
-class RunResult:
-    """Final Class-IL accuracy and masked-layer sparsity of one run."""
-
-    method: str
-    seed: int
-    class_il_accuracy: float
-    sparsity: float
-
-
-def run_der_on_digits(
-    method: str,
-    make_plugins: Callable[[], list[SupervisedPlugin]],
-    seed: int,
-    epochs: int = 10,
-    mem_size: int = 200,
-) -> RunResult:
-    """Train DER++ (paper settings: SGD lr 0.03, batch 32, alpha 0.1, beta 0.5) over 5 experiences."""
-    torch.manual_seed(seed)
-    benchmark = split_digits(n_experiences=5, seed=seed)
-    model = SmallCNN()
-    plugins = make_plugins()
-    evaluator = EvaluationPlugin(accuracy_metrics(stream=True), loggers=[])
-    strategy = DER(
-        model=model,
-        optimizer=torch.optim.SGD(model.parameters(), lr=0.03),
-        mem_size=mem_size,
-        alpha=0.1,
-        beta=0.5,
-        train_mb_size=32,
-        train_epochs=epochs,
-        eval_mb_size=512,
-        plugins=plugins,
-        evaluator=evaluator,
-    )
-    for experience in benchmark.train_stream:
-        strategy.train(experience)
-    accuracy = strategy.eval(benchmark.test_stream)[CLASS_IL_ACCURACY]
-    masks = next((plugin.masks for plugin in plugins if getattr(plugin, "masks", None)), {})
-    kept = sum(int(mask.sum()) for mask in masks.values())
-    total = sum(mask.numel() for mask in masks.values())
-    return RunResult(method, seed, accuracy, 1 - kept / total if total else 0.0)
-
-
-METHODS: dict[str, Callable[[], list[SupervisedPlugin]]] = {
-    "DER++ dense": lambda: [],
-    "DER++ + TDM 0.90": lambda: [TDMPlugin(sparsity=0.9)],
-}
-
-
-def summarise(results: Sequence[RunResult]) -> str:
-    """A Markdown table: mean +- std of Class-IL accuracy over seeds, and sparsity."""
-    lines = [
-        "| method | Class-IL accuracy (%) | masked-layer sparsity | seeds |",
-        "|---|---|---|---|",
-    ]
-    for method in dict.fromkeys(r.method for r in results):
-        runs = [r for r in results if r.method == method]
-        accuracies = [100 * r.class_il_accuracy for r in runs]
-        spread = statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0
-        lines.append(
-            f"| {method} | {statistics.mean(accuracies):.1f} +- {spread:.1f} | "
-            f"{runs[0].sparsity:.3f} | {len(runs)} |"
-        )
-    return "\n".join(lines)
+DIGITS_CONFIGS = Path(__file__).resolve().parents[1] / "experiments" / "configs" / "split_digits"
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--epochs", type=int, default=10, help="epochs per experience")
+    parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="runs and report go here")
     args = parser.parse_args(argv)
-    results = []
-    for method, make_plugins in METHODS.items():
+    started = time.perf_counter()
+    configs = [load_config(path) for path in sorted(DIGITS_CONFIGS.glob("*.yaml"))]
+    options = RunOptions(out_dir=args.out / "runs", quiet=True)
+    for config in configs:
         for seed in args.seeds:
-            result = run_der_on_digits(method, make_plugins, seed, epochs=args.epochs)
-            print(f"{method:<20} seed {seed}: Class-IL {100 * result.class_il_accuracy:.1f}%", flush=True)
-            results.append(result)
+            results = run_experiment(config, seed, options)
+            print(
+                f"{results['method']:<20} seed {seed}: Class-IL {100 * results['class_il_accuracy']:5.1f}%  "
+                f"Task-IL {100 * results['task_il_accuracy']:5.1f}%  ({results['wall_time_s']:.0f} s)",
+                flush=True,
+            )
+    report = write_report(args.out / "runs", args.out / "report")
     print()
-    print(f"Split Digits, 5 experiences, SmallCNN, {args.epochs} epochs per experience, buffer 200")
-    print(summarise(results))
+    print(f"Split Digits, 5 experiences, SmallCNN, 10 epochs per experience, buffer 200, seeds {args.seeds}")
+    print(report.table)
+    print()
+    print(f"accuracy vs training FLOPs plot: {report.accuracy_vs_flops_path}")
+    print(f"full report: {report.markdown_path}")
+    print(f"({time.perf_counter() - started:.0f} s in all)")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,1 @@
+"""Experiment configs, runner and report behind the ``sparcl-bench`` command."""

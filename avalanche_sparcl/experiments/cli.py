@@ -1,0 +1,106 @@
+"""``sparcl-bench``: run experiment configs and report on the runs.
+
+    sparcl-bench run CONFIG.yaml [CONFIG ...] [--out runs/] [--seeds 0 1 2] [--device cpu|cuda]
+                     [--quiet] [--smoke]
+    sparcl-bench report RUNS_DIR [--out report/]
+
+User errors (a bad config, missing data, no CUDA) print one line on stderr and exit with code 2,
+before any training starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from avalanche_sparcl.benchmarks import DatasetNotFoundError, check_dataset_files
+from avalanche_sparcl.experiments.config import BENCHMARK_SHAPES, ConfigError, ExperimentConfig, load_config
+
+USER_ERROR = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sparcl-bench", description="SparCL experiments on Avalanche.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="train and evaluate configs, one folder per config and seed")
+    run.add_argument("configs", nargs="+", type=Path, metavar="CONFIG", help="experiment YAML files")
+    run.add_argument("--out", type=Path, default=Path("runs"), help="output folder (default: runs)")
+    run.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds to run (default: 0)")
+    run.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="default: cpu")
+    run.add_argument("--quiet", action="store_true", help="no progress bars, one line per finished run")
+    run.add_argument(
+        "--smoke",
+        action="store_true",
+        help="random tensors shaped like the benchmark, tiny model width, a few iterations",
+    )
+    report = commands.add_parser("report", help="Markdown table and plots from the runs under RUNS_DIR")
+    report.add_argument("runs_dir", type=Path, metavar="RUNS_DIR")
+    report.add_argument("--out", type=Path, default=Path("report"), help="output folder (default: report)")
+    return parser
+
+
+def check_runnable(configs: Sequence[ExperimentConfig], device: str, smoke: bool) -> None:
+    """Fail before training if the device is missing or a benchmark's data is absent."""
+    if device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError("--device cuda: CUDA is not available on this machine; use --device cpu")
+    if smoke:
+        return
+    for config in configs:
+        benchmark = config.benchmark
+        if BENCHMARK_SHAPES[benchmark["name"]].needs_dataset_root:
+            try:
+                check_dataset_files(benchmark["name"], benchmark["dataset_root"])
+            except DatasetNotFoundError as error:
+                raise ConfigError(f"{config.path}: {error}") from None
+
+
+def run_command(args: argparse.Namespace) -> int:
+    configs = [load_config(path) for path in args.configs]
+    check_runnable(configs, args.device, args.smoke)
+    from avalanche_sparcl.experiments.runner import RunOptions, run_directory, run_experiment
+
+    options = RunOptions(out_dir=args.out, device=args.device, quiet=args.quiet, smoke=args.smoke)
+    for config in configs:
+        for seed in args.seeds:
+            results = run_experiment(config, seed, options)
+            print(
+                f"{results['benchmark']} {config.name} seed {seed}: "
+                f"Class-IL {100 * results['class_il_accuracy']:.2f}%, "
+                f"Task-IL {100 * results['task_il_accuracy']:.2f}%, "
+                f"training FLOPs {results['train_flops']:.3e}, {results['wall_time_s']:.1f} s "
+                f"-> {run_directory(config, seed, args.out)}",
+                flush=True,
+            )
+    return 0
+
+
+def report_command(args: argparse.Namespace) -> int:
+    from avalanche_sparcl.experiments.report import write_report
+
+    report = write_report(args.runs_dir, args.out)
+    print(report.table)
+    print()
+    print(f"report: {report.markdown_path}")
+    print(f"accuracy vs training FLOPs: {report.accuracy_vs_flops_path}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``sparcl-bench``; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            return run_command(args)
+        return report_command(args)
+    except (ConfigError, DatasetNotFoundError) as error:
+        print(f"sparcl-bench: error: {error}", file=sys.stderr)
+        return USER_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

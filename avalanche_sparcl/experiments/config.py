@@ -1,0 +1,404 @@
+"""Experiment configs: the YAML schema, loading (with ``extends``) and validation.
+
+A config is checked completely before anything runs, so a typo in the tenth file of a grid stops the
+command at once with one message that names the key, says what is accepted and suggests the closest
+valid key, instead of failing hours later inside training.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from avalanche_sparcl.plugins import SparCLPlugin, TDMPlugin
+
+
+class ConfigError(ValueError):
+    """A user error in a config file; the command line prints it without a traceback (exit 2)."""
+
+
+@dataclass(frozen=True)
+class BenchmarkShape:
+    """What a benchmark looks like: enough to build random tensors of the same shape (``--smoke``)."""
+
+    n_classes: int
+    input_shape: tuple[int, int, int]
+    default_experiences: int
+    needs_dataset_root: bool
+
+
+BENCHMARK_SHAPES: dict[str, BenchmarkShape] = {
+    "split_digits": BenchmarkShape(10, (1, 8, 8), 5, needs_dataset_root=False),
+    "split_cifar10": BenchmarkShape(10, (3, 32, 32), 5, needs_dataset_root=True),
+    "split_cifar100": BenchmarkShape(100, (3, 32, 32), 10, needs_dataset_root=True),
+    "split_tinyimagenet": BenchmarkShape(200, (3, 64, 64), 10, needs_dataset_root=True),
+}
+MODEL_WIDTHS = {"resnet18": 64, "small_cnn": 32}
+"""Model name -> default width (ResNet-18's ``nf``, SmallCNN's first-layer channels)."""
+STRATEGIES = ("naive", "er", "der", "er_ace")
+REPLAY_STRATEGIES = ("er", "der", "er_ace")
+BASELINE_METHODS = ("static", "set", "rigl")
+"""Sparse-training baselines (paper Sec. 5.3): TDM's mask core with their prune / regrow rules."""
+REGROW_CHOICES = ("random", "gradient")
+
+REQUIRED = object()
+
+
+@dataclass(frozen=True)
+class Key:
+    """One config key: what it accepts (said in error messages), its check and its default."""
+
+    accepted: str
+    check: Callable[[Any], bool]
+    default: Any = REQUIRED
+    choices: tuple[str, ...] = ()
+
+
+def choice_key(choices: tuple[str, ...], default: Any = REQUIRED) -> Key:
+    """A key that takes one of ``choices`` (a wrong value gets the closest choice suggested)."""
+    return Key(choices_text(choices), one_of(choices), default, choices)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
+
+
+def positive_int(value: Any) -> bool:
+    return _is_int(value) and value >= 1
+
+
+def non_negative_number(value: Any) -> bool:
+    return _is_number(value) and 0 <= value < math.inf
+
+
+def positive_number(value: Any) -> bool:
+    return _is_number(value) and 0 < value < math.inf
+
+
+def fraction(value: Any) -> bool:
+    return _is_number(value) and 0 <= value < 1
+
+
+def open_fraction(value: Any) -> bool:
+    return _is_number(value) and 0 < value <= 1
+
+
+def is_bool(value: Any) -> bool:
+    return isinstance(value, bool)
+
+
+def is_text(value: Any) -> bool:
+    return isinstance(value, str) and value != ""
+
+
+def one_of(choices: tuple[str, ...]) -> Callable[[Any], bool]:
+    return lambda value: isinstance(value, str) and value in choices
+
+
+def choices_text(choices: tuple[str, ...] | list[str]) -> str:
+    return "one of " + ", ".join(choices)
+
+
+TOP_LEVEL = {
+    "name": Key("a non-empty string (defaults to the file name)", is_text, None),
+    "description": Key("a string", lambda v: isinstance(v, str), ""),
+    "benchmark": Key("a mapping", lambda v: isinstance(v, Mapping)),
+    "model": Key("a mapping", lambda v: isinstance(v, Mapping)),
+    "training": Key("a mapping", lambda v: isinstance(v, Mapping)),
+    "sparcl": Key("a mapping", lambda v: isinstance(v, Mapping), None),
+    "baseline": Key("a mapping", lambda v: isinstance(v, Mapping), None),
+}
+BENCHMARK_KEYS = {
+    "name": choice_key(tuple(BENCHMARK_SHAPES)),
+    "n_experiences": Key("an integer >= 1 that divides the number of classes", positive_int, None),
+    "task_labels": Key("true or false", is_bool, False),
+    "dataset_root": Key("a folder path (string)", is_text, None),
+}
+MODEL_KEYS = {
+    "name": choice_key(tuple(MODEL_WIDTHS)),
+    "width": Key("an integer >= 1", positive_int, None),
+}
+TRAINING_KEYS = {
+    "strategy": choice_key(STRATEGIES),
+    "epochs": Key("an integer >= 1 (epochs per experience)", positive_int, 50),
+    "batch_size": Key("an integer >= 1", positive_int, 32),
+    "lr": Key("a number > 0", positive_number, 0.03),
+    "buffer_size": Key("an integer >= 1 (replay strategies only)", positive_int, None),
+    "alpha": Key("a number >= 0 (der only)", non_negative_number, None),
+    "beta": Key("a number >= 0 (der only)", non_negative_number, None),
+    "eval_batch_size": Key("an integer >= 1", positive_int, 256),
+}
+SPARCL_KEYS = {
+    "sparsity": Key("a number in [0, 1)", fraction, 0.75),
+    "removal_ratio": Key("a number in [0, 1)", fraction, 0.3),
+    "gradient_sparsity": Key("a number in [0, 1)", fraction, 0.2),
+    "masked_head": Key("true or false", is_bool, True),
+    "profile": Key("a path to a YAML sparsity profile", is_text, None),
+    "importance_lambda": Key("a number >= 0", non_negative_number, None),
+    "expand_ratio": Key("a number in [0, 1)", fraction, None),
+    "mutate_ratio": Key("a number in [0, 1)", fraction, None),
+    "update_every": Key("a number in (0, 1] (fraction of the epochs)", open_fraction, None),
+    "freeze_at": Key("a number in (0, 1] (fraction of the epochs)", open_fraction, None),
+    "regrow": choice_key(REGROW_CHOICES, None),
+    "stages": Key("an integer >= 1", positive_int, None),
+    "cutoff": Key("a number in (0, 1] (fraction of the epochs)", open_fraction, None),
+    "refresh_every": Key("an integer >= 1 (iterations)", positive_int, None),
+}
+BASELINE_KEYS = {
+    "method": choice_key(BASELINE_METHODS),
+    "sparsity": Key("a number in (0, 1)", lambda v: fraction(v) and v > 0),
+    "profile": Key("a path to a YAML sparsity profile", is_text, None),
+}
+SECTIONS = {
+    "benchmark": BENCHMARK_KEYS,
+    "model": MODEL_KEYS,
+    "training": TRAINING_KEYS,
+    "sparcl": SPARCL_KEYS,
+    "baseline": BASELINE_KEYS,
+}
+PATH_KEYS = {("sparcl", "profile"), ("baseline", "profile")}
+"""Keys holding paths, resolved against the folder of the file that sets them."""
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """A validated experiment: every section filled with its defaults, paths resolved."""
+
+    name: str
+    path: Path
+    description: str
+    benchmark: dict[str, Any]
+    model: dict[str, Any]
+    training: dict[str, Any]
+    sparcl: dict[str, Any] | None = None
+    baseline: dict[str, Any] | None = None
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def method_kind(self) -> str:
+        """'dense', 'sparcl' or a baseline method name."""
+        if self.sparcl is not None:
+            return "sparcl"
+        if self.baseline is not None:
+            return self.baseline["method"]
+        return "dense"
+
+    @property
+    def sparsity(self) -> float:
+        """Target weight sparsity of the masked layers (0 for a dense run)."""
+        section = self.sparcl or self.baseline
+        return 0.0 if section is None else float(section["sparsity"])
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved config, as written to results.json."""
+        return {
+            "name": self.name,
+            "description": self.description,
+            "benchmark": self.benchmark,
+            "model": self.model,
+            "training": self.training,
+            "sparcl": self.sparcl,
+            "baseline": self.baseline,
+        }
+
+
+def closest_hint(name: str, candidates: list[str]) -> str:
+    """' (did you mean 'x'?)' for the closest candidate, or ''."""
+    matches = difflib.get_close_matches(name, candidates, n=1, cutoff=0.5)
+    return f" (did you mean {matches[0]!r}?)" if matches else ""
+
+
+def read_yaml_mapping(path: Path) -> dict[str, Any]:
+    """The top-level mapping of a YAML file, or ConfigError."""
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read config file ({error.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config must be a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """``override`` on top of ``base``; nested mappings are merged key by key."""
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_raw(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A config file with its ``extends`` chain merged in and path keys resolved per file."""
+    path = path.resolve()
+    if path in seen:
+        raise ConfigError(f"{seen[0]}: 'extends' loops back to {path}")
+    data = read_yaml_mapping(path)
+    for section, key in PATH_KEYS:
+        value = data.get(section, {}).get(key) if isinstance(data.get(section), dict) else None
+        if isinstance(value, str) and value:
+            data[section][key] = str((path.parent / Path(value).expanduser()).resolve())
+    extends = data.pop("extends", None)
+    if extends is None:
+        return data
+    if not is_text(extends):
+        raise ConfigError(f"{path}: extends must be a path to another config file, got {extends!r}")
+    return deep_merge(load_raw(path.parent / extends, (*seen, path)), data)
+
+
+def check_keys(path: Path, where: str, values: Mapping[str, Any], schema: dict[str, Key]) -> dict[str, Any]:
+    """Reject unknown keys and bad values of one mapping; return it with defaults filled in."""
+    accepted = sorted(schema)
+    for name in values:
+        if name not in schema:
+            dotted = f"{where}.{name}" if where else str(name)
+            raise ConfigError(
+                f"{path}: unknown key {dotted!r}{closest_hint(str(name), accepted)}; "
+                f"accepted keys{f' in {where!r}' if where else ''}: {', '.join(accepted)}"
+            )
+    checked: dict[str, Any] = {}
+    for name, key in schema.items():
+        dotted = f"{where}.{name}" if where else name
+        if name not in values or values[name] is None and key.default is not REQUIRED:
+            if key.default is REQUIRED:
+                raise ConfigError(f"{path}: missing key {dotted!r}: it must be {key.accepted}")
+            checked[name] = key.default
+            continue
+        value = values[name]
+        if not key.check(value):
+            hint = closest_hint(value, list(key.choices)) if isinstance(value, str) and key.choices else ""
+            raise ConfigError(f"{path}: {dotted} must be {key.accepted}, got {value!r}{hint}")
+        checked[name] = value
+    return checked
+
+
+def load_config(path: str | Path) -> ExperimentConfig:
+    """Load and fully validate one config file; raise ConfigError naming the offending key."""
+    path = Path(path)
+    raw = load_raw(path)
+    top = check_keys(path, "", raw, TOP_LEVEL)
+    sections = {
+        name: check_keys(path, name, top[name], SECTIONS[name]) if top.get(name) is not None else None
+        for name in SECTIONS
+    }
+    benchmark, model, training = sections["benchmark"], sections["model"], sections["training"]
+    check_benchmark(path, benchmark)
+    if model["width"] is None:
+        model["width"] = MODEL_WIDTHS[model["name"]]
+    check_training(path, training)
+    if sections["sparcl"] is not None and sections["baseline"] is not None:
+        raise ConfigError(f"{path}: give either a 'sparcl' or a 'baseline' section, not both")
+    for section_name, key_name in sorted(PATH_KEYS):
+        profile = (sections[section_name] or {}).get(key_name)
+        if profile is not None and not Path(profile).is_file():
+            raise ConfigError(
+                f"{path}: {section_name}.{key_name} must be {SECTIONS[section_name][key_name].accepted}"
+                f", got {profile!r} (no such file)"
+            )
+    config = ExperimentConfig(
+        name=top["name"] or path.stem,
+        path=path,
+        description=top["description"],
+        benchmark=benchmark,
+        model=model,
+        training=training,
+        sparcl=sections["sparcl"],
+        baseline=sections["baseline"],
+        raw=raw,
+    )
+    build_sparse_plugin(config, seed=0)  # the plugins' own checks: ranges that depend on each other
+    return config
+
+
+def check_benchmark(path: Path, benchmark: dict[str, Any]) -> None:
+    shape = BENCHMARK_SHAPES[benchmark["name"]]
+    if benchmark["n_experiences"] is None:
+        benchmark["n_experiences"] = shape.default_experiences
+    if shape.n_classes % benchmark["n_experiences"]:
+        raise ConfigError(
+            f"{path}: benchmark.n_experiences must divide the {shape.n_classes} classes of "
+            f"{benchmark['name']}, got {benchmark['n_experiences']}"
+        )
+    if shape.needs_dataset_root and benchmark["dataset_root"] is None:
+        raise ConfigError(
+            f"{path}: missing key 'benchmark.dataset_root': {benchmark['name']} needs the folder that "
+            "holds its data"
+        )
+    if not shape.needs_dataset_root and benchmark["dataset_root"] is not None:
+        raise ConfigError(
+            f"{path}: benchmark.dataset_root is not accepted for {benchmark['name']} (its data is embedded)"
+        )
+
+
+def check_training(path: Path, training: dict[str, Any]) -> None:
+    strategy = training["strategy"]
+    if strategy in REPLAY_STRATEGIES and training["buffer_size"] is None:
+        raise ConfigError(
+            f"{path}: missing key 'training.buffer_size': strategy {strategy!r} replays a buffer"
+        )
+    if strategy not in REPLAY_STRATEGIES and training["buffer_size"] is not None:
+        raise ConfigError(
+            f"{path}: training.buffer_size is not accepted for strategy {strategy!r} (no replay)"
+        )
+    for name, default in (("alpha", 0.1), ("beta", 0.5)):
+        if strategy == "der" and training[name] is None:
+            training[name] = default
+        elif strategy != "der" and training[name] is not None:
+            raise ConfigError(
+                f"{path}: training.{name} is accepted for strategy 'der' only, got {strategy!r}"
+            )
+
+
+def build_sparse_plugin(config: ExperimentConfig, seed: int) -> SparCLPlugin | TDMPlugin | None:
+    """The config's SparCL plugin or sparse-training baseline (None for a dense run).
+
+    Baselines share TDM's mask core (paper Sec. 5.3 comparison): ``static`` keeps the initial
+    magnitude mask, ``set`` prunes by magnitude and regrows at random (SET/MEST), ``rigl`` prunes by
+    magnitude and regrows by gradient.
+    """
+    try:
+        if config.sparcl is not None:
+            options = {k: v for k, v in config.sparcl.items() if v is not None}
+            return SparCLPlugin(seed=seed, **options)
+        if config.baseline is not None:
+            baseline = config.baseline
+            options: dict[str, Any] = {"seed": seed, "expand_ratio": 0}
+            if baseline["profile"] is not None:
+                options["profile"] = baseline["profile"]
+            if baseline["method"] == "static":
+                options["mutate_ratio"] = 0
+            else:
+                options["importance_lambda"] = 0
+                options["regrow"] = "random" if baseline["method"] == "set" else "gradient"
+            return TDMPlugin(baseline["sparsity"], **options)
+    except (ValueError, OSError) as error:
+        section = "sparcl" if config.sparcl is not None else "baseline"
+        message = str(error)
+        first_word = message.split(" ", 1)[0]
+        if first_word in SECTIONS[section]:
+            message = f"{section}.{message}"
+        else:
+            message = f"{section}: {message}"
+        raise ConfigError(f"{config.path}: {message}") from None
+    return None

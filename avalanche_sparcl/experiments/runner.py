@@ -1,0 +1,320 @@
+"""Runs one validated config for one seed: benchmark, model, strategy and plugins, Avalanche's loop,
+loggers, and a results.json that the report reads.
+
+Data flows one way (DESIGN.md): config -> benchmark + model + strategy + plugins -> Avalanche's
+training loop -> metrics -> loggers and results.json. ``run_experiment`` takes per-experience
+callbacks, the place where checkpointing will hook in.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import random
+import re
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from avalanche.benchmarks import nc_benchmark
+from avalanche.benchmarks.utils import _make_taskaware_tensor_classification_dataset
+from avalanche.evaluation.metrics import accuracy_metrics, forgetting_metrics, loss_metrics
+from avalanche.logging import CSVLogger, InteractiveLogger, TensorboardLogger
+from avalanche.training import DER, ER_ACE, Naive
+from avalanche.training.determinism.rng_manager import RNGManager
+from avalanche.training.plugins import EvaluationPlugin, ReplayPlugin
+from torch import nn
+
+from avalanche_sparcl import benchmarks
+from avalanche_sparcl.experiments.config import BENCHMARK_SHAPES, ExperimentConfig, build_sparse_plugin
+from avalanche_sparcl.metrics import data_metrics, flops_metrics, sparsity_metrics, task_il_accuracy_metrics
+from avalanche_sparcl.models import ResNet18, SmallCNN
+
+STRATEGY_LABELS = {"naive": "Naive", "er": "ER", "der": "DER++", "er_ace": "ER-ACE"}
+METHOD_PREFIXES = {"sparcl": "SparCL", "static": "Static", "set": "SET", "rigl": "RigL"}
+
+SMOKE_WIDTH = 2
+"""``--smoke``: model width (ResNet-18's nf); the layer structure and parameter names stay."""
+SMOKE_EPOCHS = 2
+"""``--smoke``: at most this many epochs per experience (so the epoch-based schedules still move)."""
+SMOKE_EXPERIENCES = 2
+"""``--smoke``: train on the first experiences only (each followed by an evaluation on the whole test
+stream), which still crosses an experience boundary: buffer, masks and schedules carry over."""
+SMOKE_BATCH_SIZE = 8
+"""``--smoke``: at most this many current (and as many buffer) examples per minibatch."""
+SMOKE_TRAIN_PER_EXPERIENCE = 16
+"""``--smoke``: random training examples per experience (at least one per class)."""
+SMOKE_TEST_PER_EXPERIENCE = 10
+
+CLASS_IL_EXPERIENCE = re.compile(r"^Top1_Acc_Exp/eval_phase/test_stream/Task\d+/Exp(\d+)$")
+TASK_IL_EXPERIENCE = re.compile(r"^TaskIL_Top1_Acc_Exp/eval_phase/test_stream/Task\d+/Exp(\d+)$")
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How to run, as opposed to what to run (the config)."""
+
+    out_dir: Path
+    device: str = "cpu"
+    quiet: bool = False
+    smoke: bool = False
+
+
+@dataclass
+class ExperienceRecord:
+    """What a per-experience callback gets after each experience was trained and evaluated."""
+
+    index: int
+    strategy: Any
+    class_il_accuracies: list[float]
+    task_il_accuracies: list[float]
+
+
+ExperienceCallback = Callable[[ExperienceRecord], None]
+
+
+def method_label(config: ExperimentConfig) -> str:
+    """'DER++', 'SparCL-DER++ 0.75', 'RigL-DER++ 0.90', ...: the row name in tables and plots."""
+    strategy = STRATEGY_LABELS[config.training["strategy"]]
+    if config.method_kind == "dense":
+        return strategy
+    return f"{METHOD_PREFIXES[config.method_kind]}-{strategy} {config.sparsity:.2f}"
+
+
+def run_directory(config: ExperimentConfig, seed: int, out_dir: Path) -> Path:
+    """``<out>/<benchmark>/<config name>/seed_<seed>``: one folder per run."""
+    return Path(out_dir) / config.benchmark["name"] / config.name / f"seed_{seed}"
+
+
+def set_seeds(seed: int) -> None:
+    """Seed Python, NumPy, torch and Avalanche's RNG manager (which seeds them all again)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    RNGManager.set_random_seeds(seed)
+
+
+def build_benchmark(config: ExperimentConfig, seed: int, smoke: bool):
+    """The config's benchmark, or with ``smoke`` random tensors of the same shape and class split."""
+    spec = config.benchmark
+    if smoke:
+        return random_benchmark_like(spec["name"], spec["n_experiences"], spec["task_labels"], seed)
+    if spec["name"] == "split_digits":
+        return benchmarks.split_digits(spec["n_experiences"], seed=seed, return_task_id=spec["task_labels"])
+    builder = getattr(benchmarks, spec["name"])
+    return builder(spec["dataset_root"], spec["n_experiences"], seed=seed, return_task_id=spec["task_labels"])
+
+
+def random_benchmark_like(name: str, n_experiences: int, task_labels: bool, seed: int):
+    """Uniform random inputs shaped like ``name``'s, every class present, classes in natural order."""
+    shape = BENCHMARK_SHAPES[name]
+    classes_per_experience = shape.n_classes // n_experiences
+    generator = torch.Generator().manual_seed(seed)
+
+    def tensors(per_experience: int) -> tuple[torch.Tensor, torch.Tensor]:
+        per_class = max(1, per_experience // classes_per_experience)
+        labels = torch.arange(shape.n_classes).repeat_interleave(per_class)
+        return torch.rand((len(labels), *shape.input_shape), generator=generator), labels
+
+    train_x, train_y = tensors(SMOKE_TRAIN_PER_EXPERIENCE)
+    test_x, test_y = tensors(SMOKE_TEST_PER_EXPERIENCE)
+    return nc_benchmark(
+        _make_taskaware_tensor_classification_dataset(train_x, train_y),
+        _make_taskaware_tensor_classification_dataset(test_x, test_y),
+        n_experiences,
+        task_labels=task_labels,
+        seed=seed,
+        fixed_class_order=list(range(shape.n_classes)),
+        class_ids_from_zero_in_each_exp=False,
+    )
+
+
+def build_model(config: ExperimentConfig, smoke: bool) -> nn.Module:
+    shape = BENCHMARK_SHAPES[config.benchmark["name"]]
+    width = SMOKE_WIDTH if smoke else config.model["width"]
+    channels = shape.input_shape[0]
+    if config.model["name"] == "resnet18":
+        return ResNet18(shape.n_classes, nf=width, in_channels=channels)
+    return SmallCNN(shape.n_classes, in_channels=channels, width=width)
+
+
+def build_strategy(
+    config: ExperimentConfig,
+    model: nn.Module,
+    plugins: list,
+    evaluator: EvaluationPlugin,
+    options: RunOptions,
+):
+    """Naive, ER (Naive + ReplayPlugin), DER++ or ER-ACE with SGD (no momentum, as in the paper)."""
+    training = config.training
+    epochs, batch = training["epochs"], training["batch_size"]
+    if options.smoke:
+        epochs, batch = min(epochs, SMOKE_EPOCHS), min(batch, SMOKE_BATCH_SIZE)
+    common = dict(
+        model=model,
+        optimizer=torch.optim.SGD(model.parameters(), lr=training["lr"]),
+        criterion=nn.CrossEntropyLoss(),
+        train_mb_size=batch,
+        train_epochs=epochs,
+        eval_mb_size=training["eval_batch_size"],
+        device=torch.device(options.device),
+        evaluator=evaluator,
+    )
+    strategy, buffer = training["strategy"], training["buffer_size"]
+    if strategy == "naive":
+        return Naive(plugins=plugins, **common)
+    if strategy == "er":
+        replay = ReplayPlugin(mem_size=buffer, batch_size=batch, batch_size_mem=batch)
+        return Naive(plugins=[*plugins, replay], **common)
+    if strategy == "der":
+        return DER(
+            mem_size=buffer,
+            batch_size_mem=batch,
+            alpha=training["alpha"],
+            beta=training["beta"],
+            plugins=plugins,
+            **common,
+        )
+    return ER_ACE(mem_size=buffer, batch_size_mem=batch, plugins=plugins, **common)
+
+
+def build_evaluator(run_dir: Path, quiet: bool) -> tuple[EvaluationPlugin, list]:
+    """Class-IL and Task-IL accuracy and forgetting, training FLOPs, sparsity and kept data."""
+    loggers = [TensorboardLogger(run_dir / "tensorboard"), CSVLogger(run_dir / "csv")]
+    if not quiet:
+        loggers.append(InteractiveLogger())
+    evaluator = EvaluationPlugin(
+        accuracy_metrics(epoch=True, experience=True, stream=True),
+        loss_metrics(epoch=True, stream=True),
+        forgetting_metrics(experience=True, stream=True),
+        *task_il_accuracy_metrics(),
+        *flops_metrics(),
+        *sparsity_metrics(),
+        *data_metrics(),
+        loggers=loggers,
+    )
+    return evaluator, loggers
+
+
+def accuracy_row(metrics: dict[str, Any], pattern: re.Pattern, n_experiences: int) -> list[float]:
+    """The per-experience accuracies of one evaluation, ordered by experience."""
+    row = [math.nan] * n_experiences
+    for name, value in metrics.items():
+        match = pattern.match(name)
+        if match:
+            row[int(match.group(1))] = float(value)
+    return row
+
+
+def stream_value(metrics: dict[str, Any], prefix: str) -> float:
+    """The value of the first metric named ``prefix/eval_phase/test_stream...``."""
+    for name, value in metrics.items():
+        if name.startswith(f"{prefix}/eval_phase/test_stream"):
+            return float(value)
+    return math.nan
+
+
+def curve(evaluator: EvaluationPlugin, name: str) -> dict[str, list]:
+    """A training-time metric's history: iterations and values."""
+    for full_name, (positions, values) in evaluator.get_all_metrics().items():
+        if full_name.startswith(f"{name}/train_phase/"):
+            return {"iterations": list(positions), "values": [float(v) for v in values]}
+    return {"iterations": [], "values": []}
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for package in ("avalanche-sparcl", "avalanche-lib", "torch", "torchvision", "numpy"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = "not installed"
+    return versions
+
+
+def run_experiment(
+    config: ExperimentConfig,
+    seed: int,
+    options: RunOptions,
+    on_experience_end: Sequence[ExperienceCallback] = (),
+) -> dict[str, Any]:
+    """Train and evaluate one config with one seed; write and return its results.json content."""
+    run_dir = run_directory(config, seed, options.out_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    set_seeds(seed)
+    benchmark = build_benchmark(config, seed, options.smoke)
+    model = build_model(config, options.smoke)
+    sparse_plugin = build_sparse_plugin(config, seed)
+    evaluator, loggers = build_evaluator(run_dir, options.quiet)
+    strategy = build_strategy(
+        config, model, [] if sparse_plugin is None else [sparse_plugin], evaluator, options
+    )
+    flops_metric = next(m for m in evaluator.metrics if str(m) == "TrainFLOPs")
+
+    n_experiences = len(benchmark.train_stream)
+    class_il_matrix: list[list[float]] = []
+    task_il_matrix: list[list[float]] = []
+    flops_per_experience: list[float] = []
+    metrics: dict[str, Any] = {}
+    started = time.perf_counter()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="No loggers specified")
+            warnings.simplefilter("ignore", DeprecationWarning)  # Avalanche 0.6 internals, not actionable
+            for index, experience in enumerate(benchmark.train_stream):
+                if options.smoke and index == SMOKE_EXPERIENCES:
+                    break
+                strategy.train(experience)
+                flops_per_experience.append(flops_metric.result())
+                metrics = strategy.eval(benchmark.test_stream)
+                class_il_matrix.append(accuracy_row(metrics, CLASS_IL_EXPERIENCE, n_experiences))
+                task_il_matrix.append(accuracy_row(metrics, TASK_IL_EXPERIENCE, n_experiences))
+                record = ExperienceRecord(index, strategy, class_il_matrix[-1], task_il_matrix[-1])
+                for callback in on_experience_end:
+                    callback(record)
+    finally:
+        for logger in loggers:
+            if hasattr(logger, "close"):
+                logger.close()
+    wall_time = time.perf_counter() - started
+
+    kept_data = curve(evaluator, "KeptData_Epoch")
+    results = {
+        "name": config.name,
+        "method": method_label(config),
+        "method_kind": config.method_kind,
+        "benchmark": config.benchmark["name"],
+        "strategy": config.training["strategy"],
+        "buffer_size": config.training["buffer_size"],
+        "sparsity": config.sparsity,
+        "seed": seed,
+        "smoke": options.smoke,
+        "device": options.device,
+        "config_path": str(config.path),
+        "config": config.to_dict(),
+        "versions": package_versions(),
+        "class_il_accuracy": stream_value(metrics, "Top1_Acc_Stream"),
+        "task_il_accuracy": stream_value(metrics, "TaskIL_Top1_Acc_Stream"),
+        "class_il_forgetting": stream_value(metrics, "StreamForgetting"),
+        "task_il_forgetting": stream_value(metrics, "TaskIL_StreamForgetting"),
+        "accuracy_matrix": {"class_il": class_il_matrix, "task_il": task_il_matrix},
+        "train_flops": flops_metric.result(),
+        "train_flops_after_experience": flops_per_experience,
+        "train_iterations": strategy.clock.train_iterations,
+        "wall_time_s": wall_time,
+        "weight_sparsity": curve(evaluator, "WeightSparsity")["values"][-1],
+        "kept_data": float(np.mean(kept_data["values"])) if kept_data["values"] else 1.0,
+        "curves": {
+            "weight_sparsity": curve(evaluator, "WeightSparsity"),
+            "kept_data": kept_data,
+        },
+    }
+    (run_dir / "results.json").write_text(json.dumps(results, indent=2, allow_nan=True) + "\n")
+    return results
