@@ -1,6 +1,11 @@
 """SparCL (Wang et al., NeurIPS 2022) as Avalanche plugins: sparse continual learning."""
 
-from avalanche_sparcl.plugins import DDRPlugin, DGMPlugin, MaskedHeadPlugin, SparCLPlugin, TDMPlugin
+import warnings
+
+# qpsolvers, imported by Avalanche for GEM only, warns on import that it found no solver.
+warnings.filterwarnings("ignore", message="no QP solver found", category=UserWarning)
+
+from avalanche_sparcl.plugins import DDRPlugin, DGMPlugin, MaskedHeadPlugin, SparCLPlugin, TDMPlugin  # noqa: E402
 
 __version__ = "0.1.0"
 

@@ -13,6 +13,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from avalanche_sparcl.console import hide_avalanche_deprecation_notices
 from avalanche_sparcl.experiments.config import load_config
 from avalanche_sparcl.experiments.report import write_report
 from avalanche_sparcl.experiments.runner import RunOptions, run_experiment
@@ -25,6 +26,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="runs and report go here")
     args = parser.parse_args(argv)
+    hide_avalanche_deprecation_notices()
     started = time.perf_counter()
     configs = [load_config(path) for path in sorted(DIGITS_CONFIGS.glob("*.yaml"))]
     options = RunOptions(out_dir=args.out / "runs", quiet=True)

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from avalanche_sparcl.benchmarks import DatasetNotFoundError, check_dataset_files
+from avalanche_sparcl.console import hide_avalanche_deprecation_notices
 from avalanche_sparcl.experiments.config import BENCHMARK_SHAPES, ConfigError, ExperimentConfig, load_config
 
 USER_ERROR = 2
@@ -92,6 +93,7 @@ def report_command(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``sparcl-bench``; returns the exit code."""
+    hide_avalanche_deprecation_notices()
     args = build_parser().parse_args(argv)
     try:
         if args.command == "run":

@@ -142,7 +142,7 @@ SPARCL_KEYS = {
     "sparsity": Key("a number in [0, 1)", fraction, 0.75),
     "removal_ratio": Key("a number in [0, 1)", fraction, 0.3),
     "gradient_sparsity": Key("a number in [0, 1)", fraction, 0.2),
-    "masked_head": Key("true or false", is_bool, True),
+    "masked_head": Key("true or false", is_bool, False),
     "profile": Key("a path to a YAML sparsity profile", is_text, None),
     "importance_lambda": Key("a number >= 0", non_negative_number, None),
     "expand_ratio": Key("a number in [0, 1)", fraction, None),

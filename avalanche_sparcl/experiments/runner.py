@@ -85,7 +85,21 @@ def method_label(config: ExperimentConfig) -> str:
     strategy = STRATEGY_LABELS[config.training["strategy"]]
     if config.method_kind == "dense":
         return strategy
-    return f"{METHOD_PREFIXES[config.method_kind]}-{strategy} {config.sparsity:.2f}"
+    prefix = METHOD_PREFIXES[config.method_kind]
+    suffix = ""
+    if config.sparcl is not None:
+        parts = [
+            part
+            for part, on in (
+                ("TDM", config.sparsity > 0),
+                ("DDR", config.sparcl["removal_ratio"] > 0),
+                ("DGM", config.sparcl["gradient_sparsity"] > 0),
+            )
+            if on
+        ]
+        prefix = prefix if len(parts) == 3 else "+".join(parts)
+        suffix = " masked head" if config.sparcl["masked_head"] else ""
+    return f"{prefix}-{strategy} {config.sparsity:.2f}{suffix}"
 
 
 def run_directory(config: ExperimentConfig, seed: int, out_dir: Path) -> Path:
