@@ -52,9 +52,11 @@ def test_shipped_configs_are_the_paper_grid_and_the_digits_comparison():
             expected.add(("split_digits", f"SparCL-{strategy} {sparsity:.2f}", 200))
     expected.add(("split_digits", "TDM-DER++ 0.90", 200))
     expected.add(("split_digits", "SparCL-DER++ 0.75 masked head", 200))
+    for parts in ("TDM", "TDM+DGM", "TDM+DDR"):
+        expected.add(("split_digits", f"{parts}-ER 0.90", 200))
     configs = [load_config(path) for path in SHIPPED_CONFIGS]
     found = {(c.benchmark["name"], method_label(c), c.training["buffer_size"]) for c in configs}
-    assert len(configs) == 58
+    assert len(configs) == 61
     assert found == expected
 
 
