@@ -33,9 +33,23 @@ def split_digits(
     train_x, test_x, train_y, test_y = train_test_split(
         images, labels, test_size=DIGITS_TEST_FRACTION, stratify=labels, random_state=0
     )
+    return tensor_benchmark(
+        (train_x, train_y), (test_x, test_y), n_experiences, seed, return_task_id, fixed_class_order
+    )
+
+
+def tensor_benchmark(
+    train: tuple[torch.Tensor, torch.Tensor],
+    test: tuple[torch.Tensor, torch.Tensor],
+    n_experiences: int,
+    seed: int = 0,
+    return_task_id: bool = False,
+    fixed_class_order: list[int] | None = None,
+):
+    """A class-incremental benchmark from (inputs, labels) tensors, through Avalanche's nc_benchmark."""
     return nc_benchmark(
-        _make_taskaware_tensor_classification_dataset(train_x, train_y),
-        _make_taskaware_tensor_classification_dataset(test_x, test_y),
+        _make_taskaware_tensor_classification_dataset(*train),
+        _make_taskaware_tensor_classification_dataset(*test),
         n_experiences,
         task_labels=return_task_id,
         seed=seed,
@@ -90,44 +104,48 @@ def check_dataset_files(benchmark: str, dataset_root: str | Path) -> Path:
     return root
 
 
-def split_cifar10(
-    dataset_root: str | Path, n_experiences: int = 5, seed: int = 0, return_task_id: bool = False
+CLASSIC_BENCHMARKS = {
+    "split_cifar10": (SplitCIFAR10, 10),
+    "split_cifar100": (SplitCIFAR100, 100),
+    "split_tinyimagenet": (SplitTinyImageNet, 200),
+}
+
+
+def classic_benchmark(
+    name: str, dataset_root: str | Path, n_experiences: int, seed: int = 0, return_task_id: bool = False
 ):
-    """Split CIFAR-10 from a local copy, classes in their natural order (0-1, 2-3, ...), as in the
-    DER / SparCL protocol; Avalanche's default augmentation (random crop, flip) for training."""
-    root = check_dataset_files("split_cifar10", dataset_root)
-    return SplitCIFAR10(
+    """One of Avalanche's classic benchmarks from a local copy, its data checked first.
+
+    Classes come in their natural order (0-1, 2-3, ...), as in the DER / SparCL protocol; training
+    uses Avalanche's default augmentation (random crop, flip).
+    """
+    root = check_dataset_files(name, dataset_root)
+    benchmark_class, n_classes = CLASSIC_BENCHMARKS[name]
+    return benchmark_class(
         n_experiences,
         return_task_id=return_task_id,
         seed=seed,
-        fixed_class_order=list(range(10)),
+        fixed_class_order=list(range(n_classes)),
         dataset_root=root,
     )
+
+
+def split_cifar10(
+    dataset_root: str | Path, n_experiences: int = 5, seed: int = 0, return_task_id: bool = False
+):
+    """Split CIFAR-10 (32x32, 10 classes) from a local copy; see :func:`classic_benchmark`."""
+    return classic_benchmark("split_cifar10", dataset_root, n_experiences, seed, return_task_id)
 
 
 def split_cifar100(
     dataset_root: str | Path, n_experiences: int = 10, seed: int = 0, return_task_id: bool = False
 ):
-    """Split CIFAR-100 from a local copy, classes in their natural order."""
-    root = check_dataset_files("split_cifar100", dataset_root)
-    return SplitCIFAR100(
-        n_experiences,
-        return_task_id=return_task_id,
-        seed=seed,
-        fixed_class_order=list(range(100)),
-        dataset_root=root,
-    )
+    """Split CIFAR-100 (32x32, 100 classes) from a local copy; see :func:`classic_benchmark`."""
+    return classic_benchmark("split_cifar100", dataset_root, n_experiences, seed, return_task_id)
 
 
 def split_tinyimagenet(
     dataset_root: str | Path, n_experiences: int = 10, seed: int = 0, return_task_id: bool = False
 ):
-    """Split Tiny-ImageNet (64x64, 200 classes) from a local copy, classes in their natural order."""
-    root = check_dataset_files("split_tinyimagenet", dataset_root)
-    return SplitTinyImageNet(
-        n_experiences,
-        return_task_id=return_task_id,
-        seed=seed,
-        fixed_class_order=list(range(200)),
-        dataset_root=root,
-    )
+    """Split Tiny-ImageNet (64x64, 200 classes) from a local copy; see :func:`classic_benchmark`."""
+    return classic_benchmark("split_tinyimagenet", dataset_root, n_experiences, seed, return_task_id)

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from avalanche.benchmarks import nc_benchmark
-from avalanche.benchmarks.utils import _make_taskaware_tensor_classification_dataset
 
-from avalanche_sparcl.benchmarks import split_digits
+from avalanche_sparcl.benchmarks import split_digits, tensor_benchmark
 
 
 @pytest.fixture(scope="session")
@@ -24,9 +22,7 @@ def make_tensor_benchmark(
     labels = torch.arange(n_classes).repeat_interleave(n_per_class)
     inputs = torch.randn((len(labels), *shape), generator=generator)
     inputs.view(len(labels), -1)[:, :n_classes] += 3 * torch.nn.functional.one_hot(labels, n_classes)
-    dataset = _make_taskaware_tensor_classification_dataset(inputs, labels)
-    test = _make_taskaware_tensor_classification_dataset(inputs.clone(), labels.clone())
-    return nc_benchmark(dataset, test, n_experiences, task_labels=False, seed=seed)
+    return tensor_benchmark((inputs, labels), (inputs.clone(), labels.clone()), n_experiences, seed)
 
 
 @pytest.fixture

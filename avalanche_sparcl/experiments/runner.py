@@ -23,8 +23,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from avalanche.benchmarks import nc_benchmark
-from avalanche.benchmarks.utils import _make_taskaware_tensor_classification_dataset
 from avalanche.evaluation.metrics import accuracy_metrics, forgetting_metrics, loss_metrics
 from avalanche.logging import CSVLogger, InteractiveLogger, TensorboardLogger
 from avalanche.training import DER, ER_ACE, Naive
@@ -137,16 +135,10 @@ def random_benchmark_like(name: str, n_experiences: int, task_labels: bool, seed
         labels = torch.arange(shape.n_classes).repeat_interleave(per_class)
         return torch.rand((len(labels), *shape.input_shape), generator=generator), labels
 
-    train_x, train_y = tensors(SMOKE_TRAIN_PER_EXPERIENCE)
-    test_x, test_y = tensors(SMOKE_TEST_PER_EXPERIENCE)
-    return nc_benchmark(
-        _make_taskaware_tensor_classification_dataset(train_x, train_y),
-        _make_taskaware_tensor_classification_dataset(test_x, test_y),
-        n_experiences,
-        task_labels=task_labels,
-        seed=seed,
-        fixed_class_order=list(range(shape.n_classes)),
-        class_ids_from_zero_in_each_exp=False,
+    train = tensors(SMOKE_TRAIN_PER_EXPERIENCE)
+    test = tensors(SMOKE_TEST_PER_EXPERIENCE)
+    return benchmarks.tensor_benchmark(
+        train, test, n_experiences, seed, task_labels, fixed_class_order=list(range(shape.n_classes))
     )
 
 
