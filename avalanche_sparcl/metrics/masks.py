@@ -56,6 +56,11 @@ class KeptCounts:
                 self._cache[name] = (masks[name], masks[name]._version, int(count))
         return {name: (self._cache[name][2], mask.numel()) for name, mask in masks.items()}
 
+    def __getstate__(self) -> dict:
+        """Checkpoints drop the cache: unpickled tensors restart their version counter at 0, so a
+        cached version could match a changed mask after a resume."""
+        return {"_cache": {}}
+
 
 def weight_gradient_kept(
     weight_kept: dict[str, tuple[int, int]], gradient_kept: dict[str, tuple[int, int]]

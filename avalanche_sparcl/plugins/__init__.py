@@ -2,8 +2,17 @@
 
 from avalanche_sparcl.plugins.ddr import DDRPlugin
 from avalanche_sparcl.plugins.dgm import DGMPlugin
+from avalanche_sparcl.plugins.guard import NonFiniteGuardPlugin, NonFiniteTrainingError
 from avalanche_sparcl.plugins.masked_head import MaskedHeadPlugin
 from avalanche_sparcl.plugins.sparcl import SparCLPlugin
 from avalanche_sparcl.plugins.tdm import TDMPlugin
 
-__all__ = ["DDRPlugin", "DGMPlugin", "MaskedHeadPlugin", "SparCLPlugin", "TDMPlugin"]
+__all__ = [
+    "DDRPlugin",
+    "DGMPlugin",
+    "MaskedHeadPlugin",
+    "NonFiniteGuardPlugin",
+    "NonFiniteTrainingError",
+    "SparCLPlugin",
+    "TDMPlugin",
+]

@@ -1,0 +1,22 @@
+"""One seed for every global source of randomness a run draws from.
+
+Model initialisation, data order (Avalanche's loaders shuffle with torch's global generator), replay
+sampling and dropout all read the global generators of torch (CPU and CUDA), NumPy and Python, which
+Avalanche's ``RNGManager`` seeds together; it is also what Avalanche's checkpoints save and restore.
+The plugins' own generators (TDM's random regrowth) are seeded by their ``seed`` option.
+"""
+
+from __future__ import annotations
+
+from avalanche.training.determinism.rng_manager import RNGManager
+
+MAX_SEED = 2**32 - 1
+"""NumPy's limit: seeds must lie in [0, 2**32 - 1]."""
+
+
+def seed_everything(seed: int) -> int:
+    """Seed torch (CPU and CUDA), NumPy and Python's ``random`` with ``seed``; returns it."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"seed must be an integer in [0, {MAX_SEED}], got {seed!r}")
+    RNGManager.set_random_seeds(seed)
+    return seed

@@ -1,0 +1,166 @@
+"""Checkpoint and resume: kills at any moment resume to the uninterrupted result, writes are atomic."""
+
+import os
+import pickle
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from avalanche.checkpointing import save_checkpoint as avalanche_save_checkpoint
+from avalanche.training import Naive
+from avalanche.training.plugins import EvaluationPlugin
+from checkpoint_driver import (
+    KILL_AFTER_SAVING,
+    KILL_WHILE_SAVING,
+    build_strategy,
+    differences,
+    final_state,
+    flops_metric,
+    one_thread,
+    run,
+    sparcl_plugin,
+)
+
+from avalanche_sparcl.checkpointing import (
+    load_checkpoint,
+    make_torch_optimizers_picklable,
+    maybe_resume,
+    partial_path,
+    save_checkpoint,
+)
+from avalanche_sparcl.plugins.ddr import KeptExamplesUpdate
+
+DRIVER = Path(__file__).with_name("checkpoint_driver.py")
+
+
+def start_driver(checkpoint: Path, result: Path, **kill: str) -> subprocess.Popen:
+    """The driver in a new process (one thread, warnings off), with a kill point from ``kill``."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", **kill}
+    for name in (KILL_AFTER_SAVING, KILL_WHILE_SAVING):
+        if name not in kill:
+            env.pop(name, None)
+    command = [sys.executable, str(DRIVER), "--checkpoint", str(checkpoint), "--result", str(result)]
+    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish(process: subprocess.Popen) -> int:
+    _, stderr = process.communicate(timeout=300)
+    if process.returncode not in (0, -signal.SIGKILL):
+        pytest.fail(f"driver failed with {process.returncode}:\n{stderr[-3000:]}")
+    return process.returncode
+
+
+def next_experience_in(checkpoint: Path) -> int:
+    """Load ``checkpoint`` into a fresh strategy, as a resuming run does; the next experience index."""
+    _, strategy = build_strategy()
+    _, next_experience = load_checkpoint(strategy, checkpoint)
+    return next_experience
+
+
+def test_runs_killed_while_saving_and_between_experiences_resume_to_the_uninterrupted_result(tmp_path):
+    """3 experiences; run A is killed while writing checkpoint 1, run B resumes from checkpoint 0 and is
+    killed right after saving checkpoint 1, run C resumes from it and finishes: all in new processes."""
+    checkpoint = tmp_path / "interrupted" / "checkpoint.pkl"
+    result = tmp_path / "interrupted.pt"
+    killed_while_saving = start_driver(checkpoint, result, **{KILL_WHILE_SAVING: "1"})
+    with one_thread():  # the uninterrupted run, in this process while A runs
+        expected = run(tmp_path / "uninterrupted" / "checkpoint.pkl")
+
+    assert finish(killed_while_saving) == -signal.SIGKILL
+    assert partial_path(checkpoint).stat().st_size > 0  # the kill hit the write of checkpoint 1
+    assert next_experience_in(checkpoint) == 1  # checkpoint 0 is intact
+
+    assert finish(start_driver(checkpoint, result, **{KILL_AFTER_SAVING: "1"})) == -signal.SIGKILL
+    assert not partial_path(checkpoint).exists()
+    assert next_experience_in(checkpoint) == 2
+
+    assert finish(start_driver(checkpoint, result)) == 0
+    resumed = torch.load(result, weights_only=False)
+    assert differences(expected, resumed) == []
+    # per experience: expand, shrink at 0.2 epochs, 7 mutations at 0.4, ..., 1.6 (frozen from 1.8)
+    assert len(expected["mask_history"]) == 3 * 9
+    assert [len(record["stages"]) for record in expected["ddr_history"]] == [1, 1, 1]
+
+
+def test_every_plugin_state_round_trips_and_stays_connected(tmp_path):
+    """After a load the plugins, model, optimizer and metrics point at each other as before a save."""
+    benchmark, strategy = build_strategy()
+    with one_thread():
+        strategy.train(benchmark.train_stream[0])
+    before = final_state(strategy)
+    save_checkpoint(strategy, tmp_path / "checkpoint.pkl")
+
+    _, fresh = build_strategy(seed=5)
+    resumed, next_experience = load_checkpoint(fresh, tmp_path / "checkpoint.pkl")
+    assert resumed is fresh and next_experience == 1
+    assert differences(before, final_state(resumed)) == []
+    sparcl = sparcl_plugin(resumed)
+    parameters = dict(resumed.model.named_parameters())
+    assert sparcl.dgm.tdm is sparcl.tdm
+    assert all(param is parameters[name] for name, param in sparcl.tdm.dynamic_sparsity.params.items())
+    assert all(param is parameters[name] for name, param in sparcl.dgm.gradient_masking.params.items())
+    assert resumed.optimizer.param_groups[0]["params"] == list(resumed.model.parameters())
+    assert isinstance(resumed.storage_policy.update, KeptExamplesUpdate)
+    assert resumed.storage_policy.update.plugin is sparcl.ddr
+    assert flops_metric(resumed).counter.model is resumed.model
+    assert len(resumed.model._forward_hooks) == 1  # the FLOPs counter's hooks came along
+    # kept-count caches key on tensor versions, which restart at 0 when unpickled: they start empty
+    assert flops_metric(strategy)._kept_counts._cache != {}
+    assert flops_metric(resumed)._kept_counts._cache == {}
+
+
+def test_a_failed_write_leaves_the_previous_checkpoint_untouched(tmp_path, monkeypatch):
+    model = torch.nn.Linear(3, 2)
+    strategy = Naive(
+        model=model,
+        optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+        evaluator=EvaluationPlugin(loggers=[]),
+    )
+    checkpoint = save_checkpoint(strategy, tmp_path / "run" / "checkpoint.pkl")
+    saved = checkpoint.read_bytes()
+
+    def fail_halfway(obj, stream, **kwargs):
+        stream.write(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", fail_halfway)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(strategy, checkpoint)
+    monkeypatch.undo()
+    assert checkpoint.read_bytes() == saved
+    assert partial_path(checkpoint).read_bytes() == b"half a checkpoint"
+    save_checkpoint(strategy, checkpoint)  # the next save replaces the leftover
+    assert not partial_path(checkpoint).exists()
+
+
+def test_the_optimizer_workaround_is_needed_idempotent_and_applied_by_save(tmp_path, monkeypatch):
+    """torch.optim deletes its submodules; without them Avalanche's own save fails for any strategy."""
+    model = torch.nn.Linear(3, 2)
+    strategy = Naive(
+        model=model,
+        optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+        evaluator=EvaluationPlugin(loggers=[]),
+    )
+    submodules = [name for name in sys.modules if name.startswith("torch.optim.") and name.count(".") == 2]
+    for name in submodules:  # as torch/optim/__init__.py leaves them
+        monkeypatch.delattr(torch.optim, name.rpartition(".")[2], raising=False)
+    with pytest.raises(pickle.PicklingError, match="Can't pickle sentinel"):
+        avalanche_save_checkpoint(strategy, str(tmp_path / "plain.pkl"))
+    save_checkpoint(strategy, tmp_path / "ours.pkl")
+    assert torch.optim.sgd is sys.modules["torch.optim.sgd"]
+    make_torch_optimizers_picklable()
+    assert torch.optim.sgd is sys.modules["torch.optim.sgd"]
+    avalanche_save_checkpoint(strategy, str(tmp_path / "plain.pkl"))
+
+
+def test_resume_without_a_checkpoint_starts_at_the_first_experience(tmp_path):
+    _, strategy = build_strategy()
+    plugins = strategy.plugins
+    assert maybe_resume(strategy, tmp_path / "missing.pkl") == (strategy, 0)
+    assert strategy.plugins is plugins
+    with pytest.raises(FileNotFoundError) as error:
+        load_checkpoint(strategy, tmp_path / "missing.pkl")
+    assert str(error.value) == f"no checkpoint at {str(tmp_path / 'missing.pkl')!r}"
