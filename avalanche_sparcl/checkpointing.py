@@ -18,8 +18,9 @@ import contextlib
 import io
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 import torch
 from avalanche.checkpointing import maybe_load_checkpoint as avalanche_maybe_load_checkpoint
@@ -54,6 +55,26 @@ def partial_path(path: str | os.PathLike) -> Path:
     return path.with_name(path.name + PARTIAL_SUFFIX)
 
 
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike) -> Iterator[BinaryIO]:
+    """A binary stream whose content replaces ``path`` only once it is completely on disk."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = partial_path(path)
+    with open(temporary, "wb") as stream:
+        yield stream
+        stream.flush()
+        os.fsync(stream.fileno())
+    os.replace(temporary, path)
+    sync_folder(path.parent)
+
+
+def write_text_atomically(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` so that a reader never sees a half-written file."""
+    with atomic_file(path) as stream:
+        stream.write(text.encode())
+
+
 def save_checkpoint(strategy: Any, path: str | os.PathLike, exclude: list[str] | None = None) -> Path:
     """Save ``strategy`` (between experiences) with Avalanche's ``save_checkpoint``, atomically.
 
@@ -61,16 +82,9 @@ def save_checkpoint(strategy: Any, path: str | os.PathLike, exclude: list[str] |
     ``exclude`` names strategy attributes not to save, as in Avalanche. Returns ``path``.
     """
     make_torch_optimizers_picklable()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = partial_path(path)
-    with open(temporary, "wb") as stream:
+    with atomic_file(path) as stream:
         avalanche_save_checkpoint(strategy, stream, exclude=exclude)
-        stream.flush()
-        os.fsync(stream.fileno())
-    os.replace(temporary, path)
-    sync_folder(path.parent)
-    return path
+    return Path(path)
 
 
 def sync_folder(folder: Path) -> None:

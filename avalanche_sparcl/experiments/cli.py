@@ -1,11 +1,13 @@
 """``sparcl-bench``: run experiment configs and report on the runs.
 
     sparcl-bench run CONFIG.yaml [CONFIG ...] [--out runs/] [--seeds 0 1 2] [--device cpu|cuda]
-                     [--quiet] [--smoke]
+                     [--quiet] [--smoke] [--restart]
     sparcl-bench report RUNS_DIR [--out report/]
 
 User errors (a bad config, missing data, no CUDA) print one line on stderr and exit with code 2,
-before any training starts.
+before any training starts. A run folder with a checkpoint resumes from it; a finished run (its
+results.json exists) is not rerun; ``--restart`` starts such runs over. Training that turns non-finite
+stops with exit code 1 and a message naming the experience, epoch and iteration.
 """
 
 from __future__ import annotations
@@ -18,8 +20,10 @@ from pathlib import Path
 from avalanche_sparcl.benchmarks import DatasetNotFoundError, check_dataset_files
 from avalanche_sparcl.console import hide_avalanche_deprecation_notices
 from avalanche_sparcl.experiments.config import BENCHMARK_SHAPES, ConfigError, ExperimentConfig, load_config
+from avalanche_sparcl.plugins.guard import NonFiniteTrainingError
 
 USER_ERROR = 2
+TRAINING_FAILED = 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--smoke",
         action="store_true",
         help="random tensors shaped like the benchmark, tiny model width, a few iterations",
+    )
+    run.add_argument(
+        "--restart", action="store_true", help="ignore checkpoints and finished results; start over"
     )
     report = commands.add_parser("report", help="Markdown table and plots from the runs under RUNS_DIR")
     report.add_argument("runs_dir", type=Path, metavar="RUNS_DIR")
@@ -65,7 +72,9 @@ def run_command(args: argparse.Namespace) -> int:
     check_runnable(configs, args.device, args.smoke)
     from avalanche_sparcl.experiments.runner import RunOptions, run_directory, run_experiment
 
-    options = RunOptions(out_dir=args.out, device=args.device, quiet=args.quiet, smoke=args.smoke)
+    options = RunOptions(
+        out_dir=args.out, device=args.device, quiet=args.quiet, smoke=args.smoke, restart=args.restart
+    )
     for config in configs:
         for seed in args.seeds:
             results = run_experiment(config, seed, options)
@@ -102,6 +111,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, DatasetNotFoundError) as error:
         print(f"sparcl-bench: error: {error}", file=sys.stderr)
         return USER_ERROR
+    except NonFiniteTrainingError as error:
+        print(f"sparcl-bench: training failed: {error}; the last checkpoint is kept", file=sys.stderr)
+        return TRAINING_FAILED
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import math
 import platform
-import random
 import re
 import time
 import warnings
@@ -23,17 +22,20 @@ from typing import Any
 
 import numpy as np
 import torch
+from avalanche.core import SupervisedPlugin
 from avalanche.evaluation.metrics import accuracy_metrics, forgetting_metrics, loss_metrics
 from avalanche.logging import CSVLogger, InteractiveLogger, TensorboardLogger
 from avalanche.training import DER, ER_ACE, Naive
-from avalanche.training.determinism.rng_manager import RNGManager
 from avalanche.training.plugins import EvaluationPlugin, ReplayPlugin
 from torch import nn
 
 from avalanche_sparcl import benchmarks
+from avalanche_sparcl.checkpointing import maybe_resume, save_checkpoint, write_text_atomically
 from avalanche_sparcl.experiments.config import BENCHMARK_SHAPES, ExperimentConfig, build_sparse_plugin
 from avalanche_sparcl.metrics import data_metrics, flops_metrics, sparsity_metrics, task_il_accuracy_metrics
 from avalanche_sparcl.models import ResNet18, SmallCNN
+from avalanche_sparcl.plugins import NonFiniteGuardPlugin
+from avalanche_sparcl.reproducibility import seed_everything
 
 STRATEGY_LABELS = {"naive": "Naive", "er": "ER", "der": "DER++", "er_ace": "ER-ACE"}
 METHOD_PREFIXES = {"sparcl": "SparCL", "static": "Static", "set": "SET", "rigl": "RigL"}
@@ -63,6 +65,7 @@ class RunOptions:
     device: str = "cpu"
     quiet: bool = False
     smoke: bool = False
+    restart: bool = False
 
 
 @dataclass
@@ -103,14 +106,6 @@ def method_label(config: ExperimentConfig) -> str:
 def run_directory(config: ExperimentConfig, seed: int, out_dir: Path) -> Path:
     """``<out>/<benchmark>/<config name>/seed_<seed>``: one folder per run."""
     return Path(out_dir) / config.benchmark["name"] / config.name / f"seed_{seed}"
-
-
-def set_seeds(seed: int) -> None:
-    """Seed Python, NumPy, torch and Avalanche's RNG manager (which seeds them all again)."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    RNGManager.set_random_seeds(seed)
 
 
 def build_benchmark(config: ExperimentConfig, seed: int, smoke: bool):
@@ -191,9 +186,15 @@ def build_strategy(
     return ER_ACE(mem_size=buffer, batch_size_mem=batch, plugins=plugins, **common)
 
 
-def build_evaluator(run_dir: Path, quiet: bool) -> tuple[EvaluationPlugin, list]:
-    """Class-IL and Task-IL accuracy and forgetting, training FLOPs, sparsity and kept data."""
-    loggers = [TensorboardLogger(run_dir / "tensorboard"), CSVLogger(run_dir / "csv")]
+def build_evaluator(run_dir: Path, quiet: bool, log_files: bool = True) -> tuple[EvaluationPlugin, list]:
+    """Class-IL and Task-IL accuracy and forgetting, training FLOPs, sparsity and kept data.
+
+    ``log_files=False`` (a run about to resume, whose checkpoint holds the file loggers) writes no
+    TensorBoard or CSV file, so the ones already written stay as they are.
+    """
+    loggers: list = []
+    if log_files:
+        loggers += [TensorboardLogger(run_dir / "tensorboard"), ResumableCSVLogger(run_dir / "csv")]
     if not quiet:
         loggers.append(InteractiveLogger())
     evaluator = EvaluationPlugin(
@@ -245,52 +246,115 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
+class ResumableCSVLogger(CSVLogger):
+    """Avalanche's CSVLogger, whose files survive a checkpoint.
+
+    On resume each file is cut back to its length at checkpoint time (dropping the rows of an
+    interrupted experience, which is trained again) and appended to, not truncated.
+    """
+
+    FILES = {"training_file": "training_results.csv", "eval_file": "eval_results.csv"}
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["file_lengths"] = {}
+        for attribute in self.FILES:
+            stream = getattr(self, attribute)
+            stream.flush()
+            state["file_lengths"][attribute] = stream.tell()
+            state[attribute] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        lengths = state.pop("file_lengths")
+        self.__dict__.update(state)
+        for attribute, file_name in self.FILES.items():
+            path = Path(self.log_folder) / file_name
+            with open(path, "a") as stream:
+                stream.truncate(lengths[attribute])
+            setattr(self, attribute, open(path, "a"))  # noqa: SIM115
+
+
+class RunProgress(SupervisedPlugin):
+    """What a run has measured so far, kept among the strategy's plugins so the checkpoint holds it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.class_il_matrix: list[list[float]] = []
+        self.task_il_matrix: list[list[float]] = []
+        self.flops_after_experience: list[float] = []
+        self.last_metrics: dict[str, Any] = {}
+        self.wall_time_s = 0.0
+
+
+CHECKPOINT_NAME = "checkpoint.pkl"
+RESULTS_NAME = "results.json"
+
+
+def finished_results(run_dir: Path) -> dict[str, Any] | None:
+    """The results of a run that already finished (its results.json is written last), else None."""
+    path = run_dir / RESULTS_NAME
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def run_experiment(
     config: ExperimentConfig,
     seed: int,
     options: RunOptions,
     on_experience_end: Sequence[ExperienceCallback] = (),
 ) -> dict[str, Any]:
-    """Train and evaluate one config with one seed; write and return its results.json content."""
+    """Train and evaluate one config with one seed; write and return its results.json content.
+
+    A checkpoint is saved after every experience (trained, then evaluated). A run folder holding one
+    resumes from it; one holding results.json is finished and not rerun; ``options.restart`` starts
+    over.
+    """
     run_dir = run_directory(config, seed, options.out_dir)
+    checkpoint = run_dir / CHECKPOINT_NAME
+    if options.restart:
+        for path in (run_dir / RESULTS_NAME, checkpoint):
+            path.unlink(missing_ok=True)
+    elif (done := finished_results(run_dir)) is not None:
+        return done
     run_dir.mkdir(parents=True, exist_ok=True)
-    set_seeds(seed)
+    seed_everything(seed)
     benchmark = build_benchmark(config, seed, options.smoke)
     model = build_model(config, options.smoke)
     sparse_plugin = build_sparse_plugin(config, seed)
-    evaluator, loggers = build_evaluator(run_dir, options.quiet)
-    strategy = build_strategy(
-        config, model, [] if sparse_plugin is None else [sparse_plugin], evaluator, options
-    )
-    flops_metric = next(m for m in evaluator.metrics if str(m) == "TrainFLOPs")
+    evaluator, _ = build_evaluator(run_dir, options.quiet, log_files=not checkpoint.is_file())
+    plugins = [RunProgress(), NonFiniteGuardPlugin()] + ([] if sparse_plugin is None else [sparse_plugin])
+    strategy = build_strategy(config, model, plugins, evaluator, options)
+    strategy, next_experience = maybe_resume(strategy, checkpoint, map_location=options.device)
+    progress = next(p for p in strategy.plugins if isinstance(p, RunProgress))
+    flops_metric = next(m for m in strategy.evaluator.metrics if str(m) == "TrainFLOPs")
 
     n_experiences = len(benchmark.train_stream)
-    class_il_matrix: list[list[float]] = []
-    task_il_matrix: list[list[float]] = []
-    flops_per_experience: list[float] = []
-    metrics: dict[str, Any] = {}
-    started = time.perf_counter()
+    last_experience = SMOKE_EXPERIENCES if options.smoke else n_experiences
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="No loggers specified")
             warnings.simplefilter("ignore", DeprecationWarning)  # Avalanche 0.6 internals, not actionable
-            for index, experience in enumerate(benchmark.train_stream):
-                if options.smoke and index == SMOKE_EXPERIENCES:
-                    break
-                strategy.train(experience)
-                flops_per_experience.append(flops_metric.result())
-                metrics = strategy.eval(benchmark.test_stream)
-                class_il_matrix.append(accuracy_row(metrics, CLASS_IL_EXPERIENCE, n_experiences))
-                task_il_matrix.append(accuracy_row(metrics, TASK_IL_EXPERIENCE, n_experiences))
-                record = ExperienceRecord(index, strategy, class_il_matrix[-1], task_il_matrix[-1])
+            for index in range(next_experience, last_experience):
+                started = time.perf_counter()
+                strategy.train(benchmark.train_stream[index])
+                progress.flops_after_experience.append(flops_metric.result())
+                progress.last_metrics = strategy.eval(benchmark.test_stream)
+                metrics = progress.last_metrics
+                progress.class_il_matrix.append(accuracy_row(metrics, CLASS_IL_EXPERIENCE, n_experiences))
+                progress.task_il_matrix.append(accuracy_row(metrics, TASK_IL_EXPERIENCE, n_experiences))
+                progress.wall_time_s += time.perf_counter() - started
+                save_checkpoint(strategy, checkpoint)
+                record = ExperienceRecord(
+                    index, strategy, progress.class_il_matrix[-1], progress.task_il_matrix[-1]
+                )
                 for callback in on_experience_end:
                     callback(record)
     finally:
-        for logger in loggers:
+        for logger in strategy.evaluator.loggers:
             if hasattr(logger, "close"):
                 logger.close()
-    wall_time = time.perf_counter() - started
 
+    evaluator, metrics = strategy.evaluator, progress.last_metrics
     kept_data = curve(evaluator, "KeptData_Epoch")
     results = {
         "name": config.name,
@@ -310,11 +374,11 @@ def run_experiment(
         "task_il_accuracy": stream_value(metrics, "TaskIL_Top1_Acc_Stream"),
         "class_il_forgetting": stream_value(metrics, "StreamForgetting"),
         "task_il_forgetting": stream_value(metrics, "TaskIL_StreamForgetting"),
-        "accuracy_matrix": {"class_il": class_il_matrix, "task_il": task_il_matrix},
+        "accuracy_matrix": {"class_il": progress.class_il_matrix, "task_il": progress.task_il_matrix},
         "train_flops": flops_metric.result(),
-        "train_flops_after_experience": flops_per_experience,
+        "train_flops_after_experience": progress.flops_after_experience,
         "train_iterations": strategy.clock.train_iterations,
-        "wall_time_s": wall_time,
+        "wall_time_s": progress.wall_time_s,
         "weight_sparsity": curve(evaluator, "WeightSparsity")["values"][-1],
         "kept_data": float(np.mean(kept_data["values"])) if kept_data["values"] else 1.0,
         "curves": {
@@ -322,5 +386,5 @@ def run_experiment(
             "kept_data": kept_data,
         },
     }
-    (run_dir / "results.json").write_text(json.dumps(results, indent=2, allow_nan=True) + "\n")
+    write_text_atomically(run_dir / RESULTS_NAME, json.dumps(results, indent=2, allow_nan=True) + "\n")
     return results
