@@ -93,8 +93,12 @@ class ForgettingStatistics:
         self.reset()
 
     def reset(self) -> None:
-        """Start a new window: the paper restarts the statistics after each removal stage."""
-        n, device = self.n_examples, self.device
+        """Start a new window: the paper restarts the statistics after each removal stage.
+
+        One slot past the examples collects the rows that belong to no example (replay samples,
+        position -1), so an update never has to filter rows, which would synchronise with the GPU.
+        """
+        n, device = self.n_examples + 1, self.device
         self.forgetting_events = torch.zeros(n, dtype=torch.long, device=device)
         self.correct_count = torch.zeros(n, dtype=torch.long, device=device)
         self.observations = torch.zeros(n, dtype=torch.long, device=device)
@@ -107,6 +111,7 @@ class ForgettingStatistics:
         if logits.device != self.device:
             self._move_to(logits.device)
         positions = positions.to(self.device, torch.long)
+        positions = torch.where(positions >= 0, positions, self.n_examples)
         logits, labels = logits.detach(), labels.to(self.device)
         correct = logits.argmax(dim=1) == labels
         losses = F.cross_entropy(logits.float(), labels, reduction="none").to(torch.float64)
@@ -208,11 +213,6 @@ class DynamicDataRemoval:
 
     def observe(self, positions: Tensor, logits: Tensor, labels: Tensor) -> None:
         """Feed one training forward pass; rows whose position is negative (replay) are ignored."""
-        from_experience = positions >= 0
-        if not bool(from_experience.all()):
-            positions = positions[from_experience]
-            from_experience = from_experience.to(logits.device)
-            logits, labels = logits[from_experience], labels[from_experience]
         self.statistics.observe(positions, logits, labels)
 
     def remove_due(self, epoch: int) -> Tensor | None:

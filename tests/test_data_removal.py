@@ -127,7 +127,7 @@ def test_forgetting_events_count_correct_to_wrong_transitions_only():
     # 2: never right -> ranked hardest
     for predictions in ([0, 0, 0], [1, 1, 0], [0, 1, 1], [2, 1, 0]):
         statistics.observe(torch.tensor([0, 1, 2]), logits_for(predictions), labels)
-    assert statistics.forgetting_events.tolist() == [2, 0, 0]
+    assert statistics.forgetting_events[:3].tolist() == [2, 0, 0]
     score, _ = statistics.difficulty_keys(torch.tensor([0, 1, 2]))
     assert score.tolist() == [2.0, 0.0, math.inf]
     assert statistics.easiest_first(torch.tensor([0, 1, 2])).tolist() == [1, 0, 2]
@@ -142,7 +142,7 @@ def test_tie_break_is_mean_loss_not_position_or_arrival_order():
     logits = torch.stack([confidence, torch.zeros(n_examples)], dim=1)
     arrival = torch.tensor([3, 0, 5, 1, 4, 2])
     statistics.observe(arrival, logits[arrival], labels[arrival])
-    assert statistics.forgetting_events.tolist() == [0] * n_examples
+    assert statistics.forgetting_events[:n_examples].tolist() == [0] * n_examples
     assert statistics.easiest_first(torch.arange(n_examples)).tolist() == [5, 4, 3, 2, 1, 0]
     assert select_easiest(statistics, torch.arange(n_examples), 2).tolist() == [4, 5]
 
@@ -177,8 +177,9 @@ def test_replay_rows_with_negative_positions_are_ignored():
     removal = DynamicDataRemoval()
     removal.start_experience(0, 2, n_epochs=10)
     removal.observe(torch.tensor([-1, 1, -1]), logits_for([0, 1, 2]), torch.tensor([0, 1, 2]))
-    assert removal.statistics.observations.tolist() == [0, 1]
-    assert removal.statistics.correct_count.tolist() == [0, 1]
+    assert removal.statistics.observations[:2].tolist() == [0, 1]
+    assert removal.statistics.correct_count[:2].tolist() == [0, 1]
+    assert removal.statistics.difficulty_keys(torch.tensor([0, 1]))[0].tolist() == [float("inf"), 0.0]
 
 
 @settings(max_examples=100, deadline=None)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+import torch
 from torch import Tensor, nn
 
 from avalanche_sparcl.sparse.masks import kept_count, top_k_mask
@@ -37,13 +38,13 @@ class GradientMasking:
         """
         refresh = refresh or self.iterations % self.refresh_every == 0 or not self.masks
         self.iterations += 1
-        for name, param in self.params.items():
-            if param.grad is None:
-                continue
-            if refresh:
+        names = [name for name, param in self.params.items() if param.grad is not None]
+        if refresh:
+            for name in names:
                 active = None if weight_masks is None else weight_masks.get(name)
-                self.masks[name] = self.select(param.grad, active)
-            param.grad.mul_(self.masks[name])
+                self.masks[name] = self.select(self.params[name].grad, active)
+        if names:  # one fused multi-tensor op on a GPU
+            torch._foreach_mul_([self.params[n].grad for n in names], [self.masks[n] for n in names])
         return refresh
 
     def select(self, gradient: Tensor, active: Tensor | None) -> Tensor:

@@ -28,14 +28,16 @@ class ContinualWeightImportance:
 
     def accumulate(self) -> None:
         """Add the current ``|grad|`` of every parameter to the window (call after backward)."""
-        for name, param in self.params.items():
-            if param.grad is None:
-                continue
+        names = [name for name, param in self.params.items() if param.grad is not None]
+        for name in names:
             total = self.gradient_sums.get(name)
-            if total is None or total.device != param.device:
-                self.gradient_sums[name] = param.grad.detach().abs()
-            else:
-                total.add_(param.grad.detach().abs())
+            if total is None or total.device != self.params[name].device:
+                self.gradient_sums[name] = torch.zeros_like(
+                    self.params[name], memory_format=torch.preserve_format
+                )
+        if names:  # fused multi-tensor ops: two kernel launches for all layers on a GPU
+            gradients = [self.params[name].grad.detach() for name in names]
+            torch._foreach_add_([self.gradient_sums[name] for name in names], torch._foreach_abs(gradients))
         self.window_iterations += 1
 
     def scores(self, name: str) -> Tensor:
