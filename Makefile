@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint clean
+.PHONY: demo test bench lint clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,8 +19,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
+bench: $(STAMP)
+	$(PY) benchmarks/run.py
+
 lint: $(STAMP)
-	$(VENV)/bin/ruff check avalanche_sparcl tests
+	$(VENV)/bin/ruff check avalanche_sparcl tests benchmarks
 
 clean:
 	rm -rf $(VENV) *.egg-info
