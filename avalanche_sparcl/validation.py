@@ -35,9 +35,9 @@ def check_positive_int(name: str, value: int) -> int:
     return value
 
 
-def close_matches_hint(name: str, candidates: Iterable[str]) -> str:
-    """A ' (did you mean ...?)' suffix naming the closest candidates, or ''."""
-    matches = difflib.get_close_matches(name, list(candidates), n=3, cutoff=0.6)
+def close_matches_hint(name: str, candidates: Iterable[str], n: int = 3, cutoff: float = 0.6) -> str:
+    """A ' (did you mean ...?)' suffix naming the ``n`` closest candidates, or ''."""
+    matches = difflib.get_close_matches(name, list(candidates), n=n, cutoff=cutoff)
     if not matches:
         return ""
     return " (did you mean " + " or ".join(repr(m) for m in matches) + "?)"

@@ -7,7 +7,6 @@ valid key, instead of failing hours later inside training.
 
 from __future__ import annotations
 
-import difflib
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ from typing import Any
 import yaml
 
 from avalanche_sparcl.plugins import SparCLPlugin, TDMPlugin
+from avalanche_sparcl.validation import close_matches_hint
 
 
 class ConfigError(ValueError):
@@ -213,9 +213,8 @@ class ExperimentConfig:
 
 
 def closest_hint(name: str, candidates: list[str]) -> str:
-    """' (did you mean 'x'?)' for the closest candidate, or ''."""
-    matches = difflib.get_close_matches(name, candidates, n=1, cutoff=0.5)
-    return f" (did you mean {matches[0]!r}?)" if matches else ""
+    """' (did you mean 'x'?)' for the single closest candidate, or ''."""
+    return close_matches_hint(name, candidates, n=1, cutoff=0.5)
 
 
 def read_yaml_mapping(path: Path) -> dict[str, Any]:
