@@ -99,7 +99,11 @@ def assert_exactly_sparse(model, tdm, sparsity):
         assert not weight[~mask].any(), f"{name} has non-zero pruned weights"
 
 
-def test_der_on_split_digits_ends_exactly_90_percent_sparse(digits_benchmark):
+@pytest.mark.parametrize(
+    "device",
+    ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU"))],
+)
+def test_der_on_split_digits_ends_exactly_90_percent_sparse(device, digits_benchmark):
     torch.manual_seed(0)
     model = SmallCNN()
     tdm = TDMPlugin(sparsity=0.9)
@@ -110,12 +114,14 @@ def test_der_on_split_digits_ends_exactly_90_percent_sparse(digits_benchmark):
         train_mb_size=32,
         train_epochs=2,
         eval_mb_size=256,
+        device=device,
         plugins=[tdm],
         evaluator=quiet_evaluator(),
     )
     for experience in digits_benchmark.train_stream:
         strategy.train(experience)
     assert sorted(tdm.masks) == ["conv2.weight", "conv3.weight", "fc1.weight"]
+    assert all(mask.device.type == device for mask in tdm.masks.values())
     assert_exactly_sparse(model, tdm, 0.9)
     assert {name: int((~mask).sum()) for name, mask in tdm.masks.items()} == {
         "conv2.weight": 18432 - 1843,
@@ -311,24 +317,3 @@ def test_bad_options_fail_at_construction(options, message):
     with pytest.raises(ValueError) as error:
         TDMPlugin(**options)
     assert str(error.value) == message
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_cuda_training_keeps_masks_and_weights_on_the_device(digits_benchmark):
-    torch.manual_seed(0)
-    model = SmallCNN()
-    tdm = TDMPlugin(sparsity=0.9)
-    strategy = DER(
-        model=model,
-        optimizer=sgd(model, momentum=0.9),
-        mem_size=100,
-        train_mb_size=32,
-        train_epochs=2,
-        device="cuda",
-        plugins=[tdm],
-        evaluator=quiet_evaluator(),
-    )
-    for experience in digits_benchmark.train_stream[:2]:
-        strategy.train(experience)
-    assert all(mask.is_cuda for mask in tdm.masks.values())
-    assert_exactly_sparse(model, tdm, 0.9)

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from avalanche.core import SupervisedPlugin
 
-from avalanche_sparcl.plugins.common import probe_forward
+from avalanche_sparcl.plugins.probe import probe_forward
 from avalanche_sparcl.plugins.tdm import TDMPlugin
 from avalanche_sparcl.sparse.gradient_masks import GradientMasking
 from avalanche_sparcl.sparse.layers import default_sparse_weights

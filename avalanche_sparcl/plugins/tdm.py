@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from avalanche.core import SupervisedPlugin
 
-from avalanche_sparcl.plugins.common import probe_forward
+from avalanche_sparcl.plugins.probe import probe_forward
 from avalanche_sparcl.sparse.dynamic import DynamicSparsity, TDMSettings
 from avalanche_sparcl.validation import reject_unknown_options
 

@@ -1,4 +1,4 @@
-"""Small helpers the plugins share to read an Avalanche strategy."""
+"""The probe forward pass the plugins use to see the order in which the input passes the layers."""
 
 from __future__ import annotations
 
