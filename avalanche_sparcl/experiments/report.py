@@ -21,6 +21,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import NullFormatter  # noqa: E402
 
 from avalanche_sparcl.experiments.config import ConfigError  # noqa: E402
 
@@ -183,6 +184,7 @@ def plot_accuracy_vs_flops(summaries: Sequence[MethodSummary], path: Path) -> No
                     label=label,
                 )
             axis.set_xscale("log")
+            axis.xaxis.set_minor_formatter(NullFormatter())  # minor labels of a narrow range overlap
             axis.set_xlabel("training FLOPs")
             axis.set_ylabel(f"{title} accuracy (%)")
             axis.set_title(f"{benchmark}: {title}")
