@@ -215,6 +215,16 @@ def test_cli_exits_2_with_one_line_and_no_traceback_on_a_bad_config(tmp_path, ca
     assert not (tmp_path / "runs").exists()  # validated before anything ran
 
 
+@pytest.mark.parametrize("seed", ["-5", "4294967296", "one"])
+def test_cli_rejects_a_seed_no_generator_accepts(seed, capsys):
+    with pytest.raises(SystemExit) as raised:
+        main(["run", "x.yaml", "--seeds", "0", seed])
+    assert raised.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"sparcl-bench run: error: argument --seeds: seed must be an integer in [0, 4294967295], got '{seed}'"
+    )
+
+
 def test_cli_rejects_an_unknown_device_choice(capsys):
     with pytest.raises(SystemExit) as raised:
         main(["run", "x.yaml", "--device", "tpu"])

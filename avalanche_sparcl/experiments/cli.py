@@ -21,9 +21,21 @@ from avalanche_sparcl.benchmarks import DatasetNotFoundError, check_dataset_file
 from avalanche_sparcl.console import hide_avalanche_deprecation_notices
 from avalanche_sparcl.experiments.config import BENCHMARK_SHAPES, ConfigError, ExperimentConfig, load_config
 from avalanche_sparcl.plugins.guard import NonFiniteTrainingError
+from avalanche_sparcl.reproducibility import MAX_SEED
 
 USER_ERROR = 2
 TRAINING_FAILED = 1
+
+
+def seed_value(text: str) -> int:
+    """An argparse type: an integer seed in the range every random generator accepts."""
+    try:
+        seed = int(text)
+    except ValueError:
+        seed = -1
+    if not 0 <= seed <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"seed must be an integer in [0, {MAX_SEED}], got {text!r}")
+    return seed
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="train and evaluate configs, one folder per config and seed")
     run.add_argument("configs", nargs="+", type=Path, metavar="CONFIG", help="experiment YAML files")
     run.add_argument("--out", type=Path, default=Path("runs"), help="output folder (default: runs)")
-    run.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds to run (default: 0)")
+    run.add_argument("--seeds", type=seed_value, nargs="+", default=[0], help="seeds to run (default: 0)")
     run.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="default: cpu")
     run.add_argument("--quiet", action="store_true", help="no progress bars, one line per finished run")
     run.add_argument(
