@@ -285,6 +285,7 @@ class RunProgress(SupervisedPlugin):
         self.flops_after_experience: list[float] = []
         self.last_metrics: dict[str, Any] = {}
         self.wall_time_s = 0.0
+        self.train_time_s = 0.0
 
 
 CHECKPOINT_NAME = "checkpoint.pkl"
@@ -337,6 +338,7 @@ def run_experiment(
             for index in range(next_experience, last_experience):
                 started = time.perf_counter()
                 strategy.train(benchmark.train_stream[index])
+                progress.train_time_s += time.perf_counter() - started
                 progress.flops_after_experience.append(flops_metric.result())
                 progress.last_metrics = strategy.eval(benchmark.test_stream)
                 metrics = progress.last_metrics
@@ -379,6 +381,7 @@ def run_experiment(
         "train_flops_after_experience": progress.flops_after_experience,
         "train_iterations": strategy.clock.train_iterations,
         "wall_time_s": progress.wall_time_s,
+        "train_time_s": progress.train_time_s,
         "weight_sparsity": curve(evaluator, "WeightSparsity")["values"][-1],
         "kept_data": float(np.mean(kept_data["values"])) if kept_data["values"] else 1.0,
         "curves": {
