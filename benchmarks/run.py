@@ -78,7 +78,7 @@ def digits_configs() -> dict[tuple[str, float], Any]:
 
 def whole_runs(seeds: list[int], out_dir: Path) -> list[dict[str, Any]]:
     """Every config for every seed, configs interleaved so each sees the same machine load."""
-    options = RunOptions(out_dir=out_dir, quiet=True)
+    options = RunOptions(out_dir=out_dir, quiet=True, restart=True)  # measure, never reuse old runs
     rows = []
     configs = digits_configs()
     for seed in seeds:
