@@ -161,6 +161,14 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         result[f"{kind.replace(' ', '_').replace('-', '_')}_overhead"] = (
             None if seconds is None else seconds / dense - 1
         )
+    # Ordinary steps also compared round by round (each pair of runs saw the same machine load):
+    # the median of those ratios is the headline figure, their range shows the noise.
+    per_round = [
+        median_of(sparse["steps"], "ordinary") / median_of(plain["steps"], "ordinary") - 1
+        for plain, sparse in zip(runs[False], runs[True], strict=True)
+    ]
+    result["ordinary_overhead_per_round"] = per_round
+    result["ordinary_overhead"] = statistics.median(per_round)
     sparse_run = runs[True][-1]
     result["parameter_bytes"] = sparse_run["parameter_bytes"]
     result["plugin_state_bytes"] = sparse_run["state_bytes"]
