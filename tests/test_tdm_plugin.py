@@ -22,6 +22,18 @@ def sgd(model, **options):
     return torch.optim.SGD(model.parameters(), lr=0.03, **options)
 
 
+def naive(model, plugins, train_mb_size=64, train_epochs=1, optimizer=None):
+    """Naive with plain SGD and no loggers: the strategy most of these tests drive."""
+    return Naive(
+        model=model,
+        optimizer=optimizer or sgd(model),
+        train_mb_size=train_mb_size,
+        train_epochs=train_epochs,
+        plugins=plugins,
+        evaluator=quiet_evaluator(),
+    )
+
+
 class MaskRecorder(SupervisedPlugin):
     """Copies the TDM masks after every iteration, keyed by (experience, epoch, iteration)."""
 
@@ -59,14 +71,7 @@ def test_paper_setting_reproduces_the_reference_density_schedule():
     model = tiny_mlp()
     tdm = TDMPlugin(sparsity=0.75)
     recorder = MaskRecorder(tdm)
-    strategy = Naive(
-        model=model,
-        optimizer=sgd(model),
-        train_mb_size=8,
-        train_epochs=50,
-        plugins=[tdm, recorder],
-        evaluator=quiet_evaluator(),
-    )
+    strategy = naive(model, [tdm, recorder], train_mb_size=8, train_epochs=50)
     for experience in benchmark.train_stream:
         strategy.train(experience)
     assert sorted(tdm.masks) == ["3.weight", "5.weight"]
@@ -137,14 +142,7 @@ def test_pruned_weights_stay_zero_under_momentum_and_weight_decay(digits_benchma
     model = SmallCNN()
     tdm = TDMPlugin(sparsity=0.8)
     optimizer = sgd(model, momentum=0.9, weight_decay=0.01)
-    strategy = Naive(
-        model=model,
-        optimizer=optimizer,
-        train_mb_size=64,
-        train_epochs=3,
-        plugins=[tdm],
-        evaluator=quiet_evaluator(),
-    )
+    strategy = naive(model, [tdm], train_epochs=3, optimizer=optimizer)
     for experience in digits_benchmark.train_stream[:2]:
         strategy.train(experience)
     assert_exactly_sparse(model, tdm, 0.8)
@@ -214,14 +212,7 @@ def test_one_train_call_over_a_list_equals_one_call_per_experience(digits_benchm
         torch.manual_seed(0)
         model = SmallCNN()
         tdm = TDMPlugin(sparsity=0.75, seed=3)
-        strategy = Naive(
-            model=model,
-            optimizer=sgd(model),
-            train_mb_size=64,
-            train_epochs=1,
-            plugins=[tdm],
-            evaluator=quiet_evaluator(),
-        )
+        strategy = naive(model, [tdm])
         stream = digits_benchmark.train_stream[:2]
         if by_list:
             strategy.train(stream)
@@ -238,14 +229,7 @@ def test_batchnorm_resnet_trains_sparse_and_keeps_its_biases_learning(tensor_ben
     benchmark = tensor_benchmark_factory(n_per_class=8, n_classes=4, n_experiences=2, shape=(3, 32, 32))
     model = SlimResNet18(nclasses=4)
     tdm = TDMPlugin(sparsity=0.9)
-    strategy = Naive(
-        model=model,
-        optimizer=sgd(model),
-        train_mb_size=16,
-        train_epochs=1,
-        plugins=[tdm],
-        evaluator=quiet_evaluator(),
-    )
+    strategy = naive(model, [tdm], train_mb_size=16)
     strategy.train(benchmark.train_stream[0])
     assert len(tdm.masks) == 19 and "conv1.weight" not in tdm.masks and "linear.weight" not in tdm.masks
     assert_exactly_sparse(model, tdm, 0.9)
@@ -255,14 +239,7 @@ def test_batchnorm_resnet_trains_sparse_and_keeps_its_biases_learning(tensor_ben
 def test_profile_chooses_layers_and_ratios(digits_benchmark):
     model = SmallCNN()
     tdm = TDMPlugin(profile={"conv3.weight": 0.5, "classifier.weight": 0.9})
-    strategy = Naive(
-        model=model,
-        optimizer=sgd(model),
-        train_mb_size=64,
-        train_epochs=1,
-        plugins=[tdm],
-        evaluator=quiet_evaluator(),
-    )
+    strategy = naive(model, [tdm])
     strategy.train(digits_benchmark.train_stream[0])
     assert {name: int(mask.sum()) for name, mask in tdm.masks.items()} == {
         "conv3.weight": 36864 // 2,
@@ -272,14 +249,7 @@ def test_profile_chooses_layers_and_ratios(digits_benchmark):
 
 def train_expecting_error(model, plugin, benchmark):
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
-    strategy = Naive(
-        model=model,
-        optimizer=sgd(model),
-        train_mb_size=64,
-        train_epochs=1,
-        plugins=[plugin],
-        evaluator=quiet_evaluator(),
-    )
+    strategy = naive(model, [plugin])
     with pytest.raises(ValueError) as error:
         strategy.train(benchmark.train_stream[0])
     assert all(torch.equal(before[n], p.detach()) for n, p in model.named_parameters()), "a step was taken"
