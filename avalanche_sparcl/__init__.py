@@ -5,8 +5,23 @@ import warnings
 # qpsolvers, imported by Avalanche for GEM only, warns on import that it found no solver.
 warnings.filterwarnings("ignore", message="no QP solver found", category=UserWarning)
 
-from avalanche_sparcl.plugins import DDRPlugin, DGMPlugin, MaskedHeadPlugin, SparCLPlugin, TDMPlugin  # noqa: E402
+from avalanche_sparcl.plugins import (  # noqa: E402
+    DDRPlugin,
+    DGMPlugin,
+    MaskedHeadPlugin,
+    ReservoirReplayPlugin,
+    SparCLPlugin,
+    TDMPlugin,
+)
 
 __version__ = "0.1.0"
 
-__all__ = ["DDRPlugin", "DGMPlugin", "MaskedHeadPlugin", "SparCLPlugin", "TDMPlugin", "__version__"]
+__all__ = [
+    "DDRPlugin",
+    "DGMPlugin",
+    "MaskedHeadPlugin",
+    "ReservoirReplayPlugin",
+    "SparCLPlugin",
+    "TDMPlugin",
+    "__version__",
+]

@@ -174,13 +174,16 @@ def test_bad_options_are_rejected(options, message):
 
 
 def test_masked_head_hides_other_classes_for_current_samples_only():
-    class FakeStrategy:
+    class FakeStrategy:  # ReplayPlugin's layout: the loader mixes in old-class buffer rows 0 and 3
         experience = type("Experience", (), {"classes_in_this_experience": [2, 3]})()
-        mb_y = torch.tensor([0, 2, 3, 1])  # rows 0 and 3 are buffer samples of earlier classes
+        mbatch = [torch.zeros(4, 1), torch.tensor([0, 2, 3, 1]), torch.zeros(4)]
+        mb_y = mbatch[1]
         mb_output = torch.zeros(4, 5)
 
     strategy = FakeStrategy()
-    MaskedHeadPlugin().after_forward(strategy)
+    head = MaskedHeadPlugin()
+    head.before_training_iteration(strategy)
+    head.after_forward(strategy)
     inf = float("-inf")
     assert strategy.mb_output.tolist() == [
         [0, 0, 0, 0, 0],
@@ -188,6 +191,22 @@ def test_masked_head_hides_other_classes_for_current_samples_only():
         [inf, inf, 0, 0, inf],
         [0, 0, 0, 0, 0],
     ]
+
+
+def test_masked_head_leaves_prepended_buffer_rows_of_current_classes_unmasked():
+    class FakeStrategy:  # DER / reservoir layout: 2 buffer rows (one of a current class) prepended
+        experience = type("Experience", (), {"classes_in_this_experience": [2, 3]})()
+        mbatch = [torch.zeros(3, 1), torch.tensor([2, 3, 2]), torch.zeros(3)]
+        mb_output = torch.zeros(5, 5)
+
+    strategy = FakeStrategy()
+    head = MaskedHeadPlugin()
+    head.before_training_iteration(strategy)
+    strategy.mb_y = torch.tensor([2, 0, 2, 3, 2])
+    head.after_forward(strategy)
+    inf = float("-inf")
+    masked, unmasked = [inf, inf, 0, 0, inf], [0, 0, 0, 0, 0]
+    assert strategy.mb_output.tolist() == [unmasked, unmasked, masked, masked, masked]
 
 
 @pytest.mark.parametrize("masked_head", [True, False])

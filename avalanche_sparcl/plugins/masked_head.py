@@ -13,15 +13,26 @@ from avalanche_sparcl.logits import mask_other_classes
 class MaskedHeadPlugin(SupervisedPlugin):
     """Sets the logits of classes outside the current experience to -inf for current samples.
 
-    Current samples are recognised by their label (a class of the current experience), so buffer
-    samples of earlier classes keep all logits for their replay terms, whatever the strategy's
-    batch layout (ER, DER++, ER-ACE).
+    Current samples are the rows that came from the experience's data loader (buffer rows that DER,
+    ER_ACE or ReservoirReplayPlugin add before the forward pass are left out) and carry a class of
+    the current experience (Avalanche's ReplayPlugin mixes old-class buffer rows into the loader's
+    batches). Buffer rows keep all logits for their replay terms, also when a reservoir buffer
+    replays current-experience examples, as in the reference.
     """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.loader_rows = 0
+
+    def before_training_iteration(self, strategy: Any, **kwargs: Any) -> None:
+        """Count the loader's rows before any buffer rows are prepended."""
+        self.loader_rows = len(strategy.mbatch[0])
 
     def after_forward(self, strategy: Any, **kwargs: Any) -> None:
         """Mask the logits of the current samples (after anything that reads raw logits)."""
         classes = list(strategy.experience.classes_in_this_experience)
         outputs = strategy.mb_output
         is_current_sample = torch.isin(strategy.mb_y, torch.as_tensor(classes, device=outputs.device))
+        from_loader = torch.arange(len(outputs), device=outputs.device) >= len(outputs) - self.loader_rows
         masked = mask_other_classes(outputs, classes)
-        strategy.mb_output = torch.where(is_current_sample.unsqueeze(1), masked, outputs)
+        strategy.mb_output = torch.where((is_current_sample & from_loader).unsqueeze(1), masked, outputs)
