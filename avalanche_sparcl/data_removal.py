@@ -6,9 +6,16 @@ the logits that pass already computed) and ``remove_due`` (at each epoch boundar
 ``kept_positions`` it returns.
 
 Difficulty is Toneva et al.'s forgetting-event count, as in the paper: how often an example went from
-correctly to wrongly classified (``argmax`` over all logits) within the window since the last
-removal. Unlike the reference code, ties - the common case in a short window - are broken by a real
-signal, the example's mean training loss over the window, then by position, never by arrival order.
+correctly to wrongly classified (``argmax`` over all logits) between two consecutive observations
+within the window since the last removal. Unlike the reference code, ties - the common case in a
+short window - are broken by a real signal, the example's mean training loss over the window, then
+by position, never by arrival order.
+
+An event needs two observations of an example in the window, and each example is seen once per
+epoch, so every removal window spans at least ``MIN_WINDOW_EPOCHS`` (2) epochs: the first stage is
+at epoch 2 or later and consecutive stages are at least 2 epochs apart. With one-epoch windows no
+event could ever happen and the mean loss alone would rank the examples. An experience of fewer
+than ``MIN_WINDOW_EPOCHS + 1`` epochs therefore removes nothing.
 """
 
 from __future__ import annotations
@@ -21,6 +28,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from avalanche_sparcl.validation import check_fraction, check_positive_int
+
+MIN_WINDOW_EPOCHS = 2
+"""Fewest epochs a removal window spans: a forgetting event needs two observations of an example,
+and each example is observed once per epoch."""
 
 
 @dataclass(frozen=True)
@@ -51,26 +62,32 @@ def removal_target(n_examples: int, removal_ratio: float) -> int:
 
 
 def last_removal_epoch(n_epochs: int, cutoff: float) -> int:
-    """The last epoch boundary a stage may use: ``cutoff * n_epochs`` rounded down, kept inside 1..n-1.
+    """The last epoch boundary a stage may use: ``cutoff * n_epochs`` rounded down, kept inside
+    ``MIN_WINDOW_EPOCHS..n_epochs - 1``.
 
-    A boundary at epoch 0 has nothing scored yet and one at ``n_epochs`` has nothing left to save, so
-    a short experience still removes at epoch 1 (``n_epochs >= 2``) rather than not at all.
+    A boundary before ``MIN_WINDOW_EPOCHS`` has seen each example only once, so no forgetting event,
+    and one at ``n_epochs`` has nothing left to save; a short experience (3 epochs) still removes
+    once, at epoch 2, rather than not at all.
     """
-    return min(n_epochs - 1, max(1, math.floor(round(cutoff * n_epochs, 9))))
+    return min(n_epochs - 1, max(MIN_WINDOW_EPOCHS, math.floor(round(cutoff * n_epochs, 9))))
 
 
 def removal_schedule(n_examples: int, n_epochs: int, settings: DDRSettings) -> list[RemovalStage]:
     """The experience's removal stages: equal counts at evenly spread epoch boundaries up to the cutoff.
 
-    Paper setting (50 epochs, 10000 examples): 750 examples at each of epochs 5, 10, 15 and 20. With too
-    few epochs (or examples) for ``stages`` stages there are fewer, larger ones; with a single epoch
-    nothing can be scored before training ends, so the schedule is empty.
+    Every window (from epoch 0 or the previous stage to the next stage) spans at least
+    ``MIN_WINDOW_EPOCHS`` epochs, so every kept example is observed at least twice before it can be
+    removed: there are ``min(stages, last_epoch // MIN_WINDOW_EPOCHS, total)`` stages, at epochs
+    ``ceil(last_epoch * k / n_stages)``. Paper setting (50 epochs, 10000 examples): 750 examples at
+    each of epochs 5, 10, 15 and 20; 10 epochs: 15% at each of epochs 2 and 4. With too few epochs
+    (or examples) for ``stages`` stages there are fewer, larger ones; with fewer than
+    ``MIN_WINDOW_EPOCHS + 1`` epochs no window fits before training ends, so the schedule is empty.
     """
     total = removal_target(n_examples, settings.removal_ratio)
-    if n_epochs < 2 or total == 0:
+    if n_epochs <= MIN_WINDOW_EPOCHS or total == 0:
         return []
     last_epoch = last_removal_epoch(n_epochs, settings.cutoff)
-    n_stages = min(settings.stages, last_epoch, total)
+    n_stages = min(settings.stages, last_epoch // MIN_WINDOW_EPOCHS, total)
     removed_by_stage = [total * stage // n_stages for stage in range(n_stages + 1)]
     return [
         RemovalStage(

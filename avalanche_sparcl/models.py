@@ -66,8 +66,8 @@ class ResNet18(nn.Module):
 class SmallCNN(nn.Module):
     """Three 3x3 convolutions and two Linear layers for 8x8 digits (about 90k parameters).
 
-    TDM's default layer set on it is ``conv2``, ``conv3`` and ``fc1``: the stem and the classifier
-    stay dense.
+    TDM's default layer set on it is ``conv2`` and ``conv3``: the stem and, as in the reference, both
+    Linear layers stay dense.
     """
 
     def __init__(self, num_classes: int = 10, in_channels: int = 1, width: int = 32):

@@ -42,7 +42,7 @@ from avalanche_sparcl.plugins import NonFiniteGuardPlugin, SparCLPlugin
 from avalanche_sparcl.reproducibility import seed_everything
 
 TRAINED_EXPERIENCES = 3
-EPOCHS = 2
+EPOCHS = 3  # DDR's first removal window needs two epochs: one stage, at epoch 2
 KILL_AFTER_SAVING = "KILL_AFTER_SAVING"
 KILL_WHILE_SAVING = "KILL_WHILE_SAVING"
 

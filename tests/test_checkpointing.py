@@ -80,9 +80,9 @@ def test_runs_killed_while_saving_and_between_experiences_resume_to_the_uninterr
     assert finish(start_driver(checkpoint, result)) == 0
     resumed = torch.load(result, weights_only=False)
     assert differences(expected, resumed) == []
-    # per experience: expand, shrink at 0.2 epochs, 7 mutations at 0.4, ..., 1.6 (frozen from 1.8)
+    # per experience: expand, shrink at 0.3 epochs, 7 mutations at 0.6, ..., 2.4 (frozen from 2.7)
     assert len(expected["mask_history"]) == 3 * 9
-    assert [len(record["stages"]) for record in expected["ddr_history"]] == [1, 1, 1]
+    assert [[stage["epoch"] for stage in record["stages"]] for record in expected["ddr_history"]] == [[2]] * 3
 
 
 def test_every_plugin_state_round_trips_and_stays_connected(tmp_path):

@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from avalanche_sparcl.data_removal import (
+    MIN_WINDOW_EPOCHS,
     DDRSettings,
     DynamicDataRemoval,
     ForgettingStatistics,
@@ -58,24 +59,43 @@ def test_paper_setting_set_sizes_on_tiny_data():
     ("n_epochs", "expected"),
     [
         (1, []),
-        (2, [(1, 30)]),
-        (3, [(1, 30)]),
-        (5, [(1, 15), (2, 15)]),
-        (7, [(1, 15), (2, 15)]),
-        (10, [(1, 7), (2, 8), (3, 7), (4, 8)]),
+        (2, []),
+        (3, [(2, 30)]),
+        (4, [(2, 30)]),
+        (5, [(2, 30)]),
+        (6, [(2, 30)]),
+        (7, [(2, 30)]),
+        (8, [(3, 30)]),
+        (9, [(3, 30)]),
+        (10, [(2, 15), (4, 15)]),
+        (11, [(2, 15), (4, 15)]),
+        (12, [(2, 15), (4, 15)]),
         (20, [(2, 7), (4, 8), (6, 7), (8, 8)]),
         (50, [(5, 7), (10, 8), (15, 7), (20, 8)]),
         (100, [(10, 7), (20, 8), (30, 7), (40, 8)]),
     ],
 )
 def test_schedule_for_many_epoch_counts(n_epochs, expected):
+    """Every window spans at least two epochs: no stage before epoch 2, stages two or more apart."""
     schedule = removal_schedule(100, n_epochs, DDRSettings())
     assert [(stage.epoch, stage.count) for stage in schedule] == expected
 
 
+def test_ten_epochs_remove_15_percent_at_epochs_2_and_4_and_train_the_last_epoch_on_70():
+    removal = DynamicDataRemoval()
+    removal.start_experience(0, 100, n_epochs=10)
+    sizes = []
+    for epoch in range(10):
+        removal.remove_due(epoch)
+        sizes.append(len(removal.kept_positions))
+        kept = removal.kept_positions
+        removal.observe(kept, logits_for([0] * len(kept)), torch.zeros(len(kept), dtype=torch.long))
+    assert sizes == [100, 100, 85, 85, 70, 70, 70, 70, 70, 70]
+
+
 def test_schedule_with_stages_that_do_not_divide_the_cutoff_spreads_them_evenly():
-    schedule = removal_schedule(100, 15, DDRSettings(removal_ratio=0.2, stages=4, cutoff=0.4))
-    assert [(stage.epoch, stage.count) for stage in schedule] == [(2, 5), (3, 5), (5, 5), (6, 5)]
+    schedule = removal_schedule(100, 15, DDRSettings(removal_ratio=0.2, stages=4, cutoff=0.5))
+    assert [(stage.epoch, stage.count) for stage in schedule] == [(3, 6), (5, 7), (7, 7)]
 
 
 def test_fewer_examples_to_remove_than_stages_gives_fewer_stages():
@@ -85,7 +105,9 @@ def test_fewer_examples_to_remove_than_stages_gives_fewer_stages():
 
 def test_cutoff_one_stops_removing_before_the_last_epoch():
     schedule = removal_schedule(100, 4, DDRSettings(stages=4, cutoff=1.0))
-    assert [(stage.epoch, stage.count) for stage in schedule] == [(1, 10), (2, 10), (3, 10)]
+    assert [(stage.epoch, stage.count) for stage in schedule] == [(3, 30)]
+    schedule = removal_schedule(100, 7, DDRSettings(stages=4, cutoff=1.0))
+    assert [(stage.epoch, stage.count) for stage in schedule] == [(2, 10), (4, 10), (6, 10)]
 
 
 def test_removal_target_rounds_half_up_and_zero_ratio_removes_nothing():
@@ -107,14 +129,16 @@ def test_schedule_properties(n_examples, n_epochs, removal_ratio, stages, cutoff
     config = DDRSettings(removal_ratio, stages, cutoff)
     schedule = removal_schedule(n_examples, n_epochs, config)
     target = removal_target(n_examples, removal_ratio)
-    if n_epochs == 1 or target == 0:
+    if n_epochs <= 2 or target == 0:
         assert schedule == []
         return
+    assert schedule
     assert sum(stage.count for stage in schedule) == target == math.floor(removal_ratio * n_examples + 0.5)
     epochs = [stage.epoch for stage in schedule]
-    assert epochs == sorted(set(epochs))
-    assert 1 <= epochs[0] and epochs[-1] <= n_epochs - 1
-    assert epochs[-1] <= max(1, cutoff * n_epochs + 1e-6)
+    windows = [later - earlier for earlier, later in zip([0, *epochs], epochs, strict=False)]
+    assert min(windows) >= MIN_WINDOW_EPOCHS == 2
+    assert epochs[-1] <= n_epochs - 1
+    assert epochs[-1] <= max(2, cutoff * n_epochs + 1e-6)
     assert 1 <= len(schedule) <= stages
     counts = [stage.count for stage in schedule]
     assert min(counts) >= 1 and max(counts) - min(counts) <= 1
@@ -133,8 +157,38 @@ def test_forgetting_events_count_correct_to_wrong_transitions_only():
     assert statistics.easiest_first(torch.tensor([0, 1, 2])).tolist() == [1, 0, 2]
 
 
+def test_an_example_forgotten_within_a_window_ranks_harder_than_one_with_higher_loss():
+    """The window sees each example twice, so a forgetting event outranks a lower mean loss."""
+    statistics = ForgettingStatistics(2)
+    labels = torch.tensor([0, 0])
+    # example 0: confidently right, then barely wrong; example 1: moderately right twice
+    statistics.observe(torch.tensor([0, 1]), torch.tensor([[6.0, 0.0], [0.5, 0.0]]), labels)
+    statistics.observe(torch.tensor([0, 1]), torch.tensor([[0.0, 0.1], [0.5, 0.0]]), labels)
+    score, mean_loss = statistics.difficulty_keys(torch.tensor([0, 1]))
+    assert score.tolist() == [1.0, 0.0]
+    assert mean_loss[0] < mean_loss[1]
+    assert statistics.easiest_first(torch.tensor([0, 1])).tolist() == [1, 0]
+
+
+def test_first_stage_at_ten_epochs_ranks_by_the_events_of_its_two_epoch_window():
+    """Example 0 has the lowest loss in epoch 0 but is forgotten in epoch 1: example 1 goes first."""
+    removal = DynamicDataRemoval(DDRSettings(removal_ratio=0.5, stages=4, cutoff=0.4))
+    assert removal.start_experience(0, 4, n_epochs=10) == [RemovalStage(2, 1), RemovalStage(4, 1)]
+    labels = torch.zeros(4, dtype=torch.long)
+    epoch_logits = [
+        torch.tensor([[6.0, 0.0], [0.5, 0.0], [0.2, 0.0], [0.2, 0.0]]),
+        torch.tensor([[0.0, 0.1], [0.5, 0.0], [0.2, 0.0], [0.2, 0.0]]),
+    ]
+    for epoch, logits in enumerate(epoch_logits):
+        assert removal.remove_due(epoch) is None
+        removal.observe(torch.arange(4), logits, labels)
+    assert removal.statistics.forgetting_events[:4].tolist() == [1, 0, 0, 0]
+    assert removal.remove_due(2).tolist() == [0, 2, 3]
+    assert removal.current.stages[0].removed_positions == (1,)
+
+
 def test_tie_break_is_mean_loss_not_position_or_arrival_order():
-    """In a one-epoch window nobody is forgotten: the lowest mean loss must decide."""
+    """With no forgetting event in the window (one observation each), the lowest mean loss decides."""
     n_examples = 6
     statistics = ForgettingStatistics(n_examples)
     labels = torch.zeros(n_examples, dtype=torch.long)
@@ -213,17 +267,18 @@ def test_select_rejects_a_count_larger_than_the_candidates():
 
 def test_removed_examples_stay_removed_and_statistics_restart_each_stage():
     removal = DynamicDataRemoval(DDRSettings(removal_ratio=0.5, stages=2, cutoff=0.5))
-    removal.start_experience(7, 10, n_epochs=4)
+    removal.start_experience(7, 10, n_epochs=8)
     labels = torch.zeros(10, dtype=torch.long)
     kept_sets = []
-    for epoch in range(4):
+    for epoch in range(8):
         if removal.remove_due(epoch) is not None:
             assert removal.statistics.observations.sum().item() == 0
         kept_sets.append(set(removal.kept_positions.tolist()))
         kept = removal.kept_positions
         removal.observe(kept, torch.stack([kept.float(), torch.zeros(len(kept))], dim=1), labels[kept])
-    assert [len(kept) for kept in kept_sets] == [10, 8, 5, 5]
-    assert kept_sets[0] >= kept_sets[1] >= kept_sets[2] == kept_sets[3]
+    assert [len(kept) for kept in kept_sets] == [10, 10, 8, 8, 5, 5, 5, 5]
+    assert kept_sets[0] == kept_sets[1] >= kept_sets[2] == kept_sets[3] >= kept_sets[4] == kept_sets[7]
+    assert [stage.epoch for stage in removal.current.stages] == [2, 4]
     record = removal.current
     assert (record.experience, record.n_examples, record.kept) == (7, 10, 5)
     # a larger position has a larger margin for its label, so a lower loss: the easiest go first

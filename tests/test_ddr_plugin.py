@@ -131,10 +131,12 @@ def test_last_epoch_trains_on_70_percent_of_every_experience(ddr_run):
         target = size - math.floor(0.3 * size + 0.5)
         assert abs(per_epoch[-1] - 0.7 * size) <= 1
         assert per_epoch[0] == size  # all data back at the start of every experience
-        assert per_epoch[4:] == [target] * (EPOCHS - 4)  # stages at epochs 1-4 of 10
-        assert [stage.epoch for stage in record.stages] == [1, 2, 3, 4]
-        assert per_epoch[1:5] == [stage.kept for stage in record.stages]
-        assert sum(stage.removed for stage in record.stages) == size - target
+        # stages at epochs 2 and 4 of 10: every window spans two epochs, half of the removal each
+        assert [stage.epoch for stage in record.stages] == [2, 4]
+        removed = size - target
+        assert [stage.removed for stage in record.stages] == [removed // 2, removed - removed // 2]
+        first_kept = record.stages[0].kept
+        assert per_epoch == [size, size, first_kept, first_kept] + [target] * (EPOCHS - 4)
 
 
 def test_data_fraction_is_visible_to_metrics(ddr_run):
@@ -190,13 +192,13 @@ def test_easy_examples_known_in_advance_are_removed_first():
         model=model,
         optimizer=torch.optim.SGD(model.parameters(), lr=0.5),
         train_mb_size=16,
-        train_epochs=6,
+        train_epochs=8,
         evaluator=None,
         plugins=[ddr],
     )
     strategy.train(experience)
     record = ddr.stage_counts[0]
-    assert [(stage.epoch, stage.removed, stage.kept) for stage in record.stages] == [(2, 20, 60), (3, 20, 40)]
+    assert [(stage.epoch, stage.removed, stage.kept) for stage in record.stages] == [(2, 20, 60), (4, 20, 40)]
     assert not set(record.removed_positions) & set(noisy)
 
 
@@ -231,8 +233,8 @@ def test_composes_with_tdm_in_either_order(digits, ddr_first):
         strategy.train(experience)
     sizes = [len(experience.dataset) for experience in digits.train_stream[:2]]
     for size, per_epoch in zip(sizes, counter.current, strict=True):
-        removed = math.floor(0.3 * size + 0.5)  # in 2 stages: 5 epochs leave room for boundaries 1 and 2
-        assert per_epoch == [size, size - removed // 2] + [size - removed] * 3
+        removed = math.floor(0.3 * size + 0.5)  # in 1 stage: 5 epochs leave room for one 2-epoch window
+        assert per_epoch == [size, size] + [size - removed] * 3
     parameters = dict(strategy.model.named_parameters())
     assert tdm.masks
     for name, mask in tdm.masks.items():
@@ -256,20 +258,44 @@ def test_periodic_evaluation_and_repeated_train_calls(digits, name):
     assert [record.experience for record in ddr.stage_counts] == [0, 1, 1]
 
 
-def test_single_epoch_removes_nothing_and_warns_once(digits):
+@pytest.mark.parametrize(("epochs", "length"), [(1, "1 epoch"), (2, "2 epochs")])
+def test_experiences_shorter_than_three_epochs_remove_nothing_and_warn_once(digits, epochs, length):
     counter, ddr = MinibatchCounter(), DDRPlugin()
-    strategy = make_strategy("naive", [counter, ddr], epochs=1)
+    strategy = make_strategy("naive", [counter, ddr], epochs=epochs)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         for experience in digits.train_stream[:2]:
             strategy.train(experience)
     messages = [str(w.message) for w in caught if "DDRPlugin" in str(w.message)]
     assert messages == [
-        "DDRPlugin: an experience of a single epoch leaves no epoch to score examples in, "
-        "so no data is removed from it"
+        "DDRPlugin: DDR needs at least 3 epochs per experience to observe each example twice before "
+        f"removing any, so no data is removed from an experience of {length}; removal_ratio=0 turns "
+        "DDR off and silences this warning"
     ]
     assert [record.stages for record in ddr.stage_counts] == [[], []]
-    assert counter.current == [[len(experience.dataset)] for experience in digits.train_stream[:2]]
+    sizes = [len(experience.dataset) for experience in digits.train_stream[:2]]
+    assert counter.current == [[size] * epochs for size in sizes]
+
+
+def test_three_epochs_remove_once_at_epoch_2_without_warning(digits):
+    counter, ddr = MinibatchCounter(), DDRPlugin()
+    strategy = make_strategy("naive", [counter, ddr], epochs=3)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        strategy.train(digits.train_stream[0])
+    assert not [w for w in caught if "DDRPlugin" in str(w.message)]
+    size = len(digits.train_stream[0].dataset)
+    target = size - math.floor(0.3 * size + 0.5)
+    assert [(stage.epoch, stage.kept) for stage in ddr.stage_counts[0].stages] == [(2, target)]
+    assert counter.current == [[size, size, target]]
+
+
+def test_zero_removal_ratio_never_warns(digits):
+    strategy = make_strategy("naive", [DDRPlugin(removal_ratio=0)], epochs=1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        strategy.train(digits.train_stream[0])
+    assert not [w for w in caught if "DDRPlugin" in str(w.message)]
 
 
 def test_position_field_never_reaches_the_strategy(digits):
@@ -280,8 +306,10 @@ def test_position_field_never_reaches_the_strategy(digits):
         def before_forward(self, strategy, **kwargs):
             seen.append((len(strategy.mbatch), set(strategy.mb_task_id.tolist())))
 
-    strategy = make_strategy("naive", [DDRPlugin(), TaskLabelProbe()], epochs=2)
+    ddr = DDRPlugin()
+    strategy = make_strategy("naive", [ddr, TaskLabelProbe()], epochs=3)  # a stage at epoch 2
     strategy.train(digits.train_stream[0])
+    assert [stage.epoch for stage in ddr.stage_counts[0].stages] == [2]
     assert seen and all(entry == (3, {0}) for entry in seen)
     assert POSITION_ATTRIBUTE not in digits.train_stream[0].dataset._data_attributes
 

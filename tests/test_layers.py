@@ -16,21 +16,37 @@ def forward_of(model, shape):
     return lambda: model(torch.zeros(1, *shape))
 
 
-def test_small_cnn_default_set_skips_stem_and_classifier():
+def test_small_cnn_default_set_is_the_convolutions_after_the_stem():
     model = SmallCNN()
-    assert default_sparse_weights(model, forward_of(model, (1, 8, 8))) == [
-        "conv2.weight",
-        "conv3.weight",
-        "fc1.weight",
-    ]
+    assert default_sparse_weights(model, forward_of(model, (1, 8, 8))) == ["conv2.weight", "conv3.weight"]
 
 
-def test_resnet18_default_set_is_every_conv_after_the_stem():
-    model = ResNet18(nf=8)
-    names = default_sparse_weights(model, forward_of(model, (3, 32, 32)))
-    assert len(names) == 19  # 16 block convolutions + 3 shortcut convolutions
-    assert names[0] == "layer1.0.conv1.weight" and "conv1.weight" not in names
-    assert "linear.weight" not in names and "layer2.0.shortcut.0.weight" in names
+RESNET18_DEFAULT = [
+    "layer1.0.conv1.weight",
+    "layer1.0.conv2.weight",
+    "layer1.1.conv1.weight",
+    "layer1.1.conv2.weight",
+    "layer2.0.conv1.weight",
+    "layer2.0.conv2.weight",
+    "layer2.0.shortcut.0.weight",
+    "layer2.1.conv1.weight",
+    "layer2.1.conv2.weight",
+    "layer3.0.conv1.weight",
+    "layer3.0.conv2.weight",
+    "layer3.0.shortcut.0.weight",
+    "layer3.1.conv1.weight",
+    "layer3.1.conv2.weight",
+    "layer4.0.conv1.weight",
+    "layer4.0.conv2.weight",
+    "layer4.0.shortcut.0.weight",
+    "layer4.1.conv1.weight",
+    "layer4.1.conv2.weight",
+]
+
+
+def test_resnet18_default_set_is_the_16_block_and_3_shortcut_convolutions():
+    model = ResNet18(nf=4)
+    assert default_sparse_weights(model, forward_of(model, (3, 32, 32))) == RESNET18_DEFAULT
 
 
 class DeclaredOutOfOrder(nn.Module):
@@ -51,6 +67,26 @@ def test_default_set_follows_execution_order_not_registration_order():
     assert default_sparse_weights(model, forward_of(model, (4,))) == ["hidden.weight"]
 
 
+def test_an_mlp_masks_only_its_hidden_linear_layers():
+    model = nn.Sequential(
+        nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 10)
+    )
+    assert default_sparse_weights(model, forward_of(model, (1, 8, 8))) == ["3.weight"]
+
+
+def test_a_model_whose_only_convolution_is_the_stem_masks_its_hidden_linear_layers():
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3), nn.Flatten(), nn.Linear(144, 32), nn.ReLU(), nn.Linear(32, 32), nn.Linear(32, 10)
+    )
+    assert default_sparse_weights(model, forward_of(model, (1, 8, 8))) == ["2.weight", "4.weight"]
+
+
+def test_a_later_convolution_keeps_every_linear_layer_dense():
+    layers = [nn.Linear(8, 8), nn.Unflatten(1, (2, 2, 2)), nn.Conv2d(2, 4, 1), nn.Flatten()]
+    model = nn.Sequential(*layers, nn.Linear(16, 16), nn.Linear(16, 3))
+    assert default_sparse_weights(model, forward_of(model, (8,))) == ["2.weight"]
+
+
 def test_probe_forward_leaves_batchnorm_statistics_and_train_mode_alone():
     model = SmallCNN().train()
     before = model.bn1.running_mean.clone()
@@ -64,9 +100,10 @@ def test_a_model_with_no_selectable_layer_is_a_clear_error():
     with pytest.raises(ValueError) as error:
         default_sparse_weights(model, forward_of(model, (1, 8, 8)))
     assert str(error.value) == (
-        "the model has no layer SparCL can make sparse: it masks convolution and Linear weights other "
-        "than the first layer and the classifier, and the model's forward pass went through these only: "
-        "1. Pass a profile to choose layers explicitly."
+        "the model has no layer SparCL can make sparse: it masks convolution weights other than the "
+        "input layer or, in a model without such a convolution, Linear weights other than the input "
+        "layer and the classifier, and the model's forward pass went through these only: 1. Pass a "
+        "profile to choose layers explicitly."
     )
 
 

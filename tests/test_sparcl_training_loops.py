@@ -57,6 +57,9 @@ def test_periodic_evaluation_and_repeated_train_calls_keep_every_part_exact(digi
         zip(trained, sizes, strict=True)
     )
     assert [r.kept for r in sparcl.ddr.stage_counts] == [n - math.floor(0.3 * n + 0.5) for n in sizes]
+    # 3 epochs leave room for one two-epoch window: a single stage at epoch 2 of every experience
+    assert [[stage.epoch for stage in r.stages] for r in sparcl.ddr.stage_counts] == [[2]] * 3
+    assert sorted(sparcl.masks) == ["conv2.weight", "conv3.weight"]
     params = dict(model.named_parameters())
     for name, mask in sparcl.masks.items():
         assert int(mask.sum()) == kept_count(mask.numel(), 0.75)

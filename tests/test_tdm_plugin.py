@@ -125,14 +125,14 @@ def test_der_on_split_digits_ends_exactly_90_percent_sparse(device, digits_bench
     )
     for experience in digits_benchmark.train_stream:
         strategy.train(experience)
-    assert sorted(tdm.masks) == ["conv2.weight", "conv3.weight", "fc1.weight"]
+    assert sorted(tdm.masks) == ["conv2.weight", "conv3.weight"]  # Linear layers stay dense
     assert all(mask.device.type == device for mask in tdm.masks.values())
     assert_exactly_sparse(model, tdm, 0.9)
     assert {name: int((~mask).sum()) for name, mask in tdm.masks.items()} == {
         "conv2.weight": 18432 - 1843,
         "conv3.weight": 36864 - 3686,
-        "fc1.weight": 32768 - 3277,
     }
+    assert int((model.fc1.weight == 0).sum()) == 0
     assert model.bn2.bias.abs().sum() > 0, "BatchNorm biases must train, not stay frozen at zero"
     assert [r.kind for r in tdm.dynamic_sparsity.history if r.experience == 4][:2] == ["expand", "shrink"]
 

@@ -27,7 +27,12 @@ from avalanche.training.plugins import ReplayPlugin
 from avalanche.training.utils import cycle
 from torch import Tensor
 
-from avalanche_sparcl.data_removal import DDRSettings, DynamicDataRemoval, ExperienceRemoval
+from avalanche_sparcl.data_removal import (
+    MIN_WINDOW_EPOCHS,
+    DDRSettings,
+    DynamicDataRemoval,
+    ExperienceRemoval,
+)
 from avalanche_sparcl.validation import reject_unknown_options
 
 POSITION_ATTRIBUTE = "ddr_position"
@@ -42,8 +47,10 @@ class DDRPlugin(SupervisedPlugin):
     replay buffer is filled with the harder, kept examples (SparCL Sec. 4.2).
 
     ``removal_ratio`` of the experience's examples (in [0, 1)) are gone by ``cutoff`` (fraction of the
-    experience's epochs, in (0, 1]), removed in ``stages`` equal stages at epoch boundaries. Defaults
-    are the paper setting: 30% in 4 stages at epochs 5, 10, 15, 20 of 50. ``stage_counts`` holds one
+    experience's epochs, in (0, 1]), removed in ``stages`` equal stages at epoch boundaries, each
+    window at least 2 epochs long so forgetting events can show (fewer stages when the experience is
+    short, none below 3 epochs). Defaults are the paper setting: 30% in 4 stages at epochs 5, 10, 15,
+    20 of 50; at 10 epochs 15% at each of epochs 2 and 4. ``stage_counts`` holds one
     :class:`ExperienceRemoval` per trained experience with the kept/removed counts of each stage.
     """
 
@@ -55,7 +62,7 @@ class DDRPlugin(SupervisedPlugin):
         self.minibatch_positions: Tensor | None = None
         self.experience_counter: int | None = None  # strategy.clock.train_exp_counter of the experience
         self.updated_at_start: list[BufferRefill] = []
-        self.warned_single_epoch = False
+        self.warned_short = False  # the too-short-experience warning is given once
 
     @property
     def settings(self) -> DDRSettings:
@@ -93,14 +100,17 @@ class DDRPlugin(SupervisedPlugin):
         schedule = self.removal.start_experience(
             strategy.experience.current_experience, len(self.full_dataset), strategy.train_epochs
         )
-        if not schedule and strategy.train_epochs < 2 and self.settings.removal_ratio > 0:
-            if not self.warned_single_epoch:
-                warnings.warn(
-                    "DDRPlugin: an experience of a single epoch leaves no epoch to score examples "
-                    "in, so no data is removed from it",
-                    stacklevel=2,
-                )
-                self.warned_single_epoch = True
+        epochs = strategy.train_epochs
+        too_short = epochs <= MIN_WINDOW_EPOCHS and self.settings.removal_ratio > 0
+        if not schedule and too_short and not self.warned_short:
+            warnings.warn(
+                f"DDRPlugin: DDR needs at least {MIN_WINDOW_EPOCHS + 1} epochs per experience to "
+                "observe each example twice before removing any, so no data is removed from an "
+                f"experience of {epochs} epoch{'' if epochs == 1 else 's'}; removal_ratio=0 turns DDR "
+                "off and silences this warning",
+                stacklevel=2,
+            )
+            self.warned_short = True
 
     def before_training_epoch(self, strategy: Any, **kwargs: Any) -> None:
         """At a stage boundary, drop the easiest examples and rebuild the loaders around the rest."""
@@ -164,10 +174,16 @@ def with_positions(dataset: Any) -> Any:
 
 
 def storage_policies(strategy: Any) -> list[Any]:
-    """The replay buffers of the strategy (DER, ER_ACE) and of its plugins (ReplayPlugin)."""
+    """The experience-boundary replay buffers of the strategy (DER, ER_ACE) and of its plugins
+    (ReplayPlugin). A buffer filled at every step (ReservoirReplayPlugin) is left out: it only ever
+    sees the minibatches trained on, so removed examples cannot enter it after their removal."""
     owners = [strategy, *strategy.plugins]
     policies = [getattr(owner, "storage_policy", None) for owner in owners]
-    unique = {id(policy): policy for policy in policies if policy is not None and hasattr(policy, "update")}
+    unique = {
+        id(policy): policy
+        for policy in policies
+        if policy is not None and hasattr(policy, "update") and not getattr(policy, "fills_every_step", False)
+    }
     return list(unique.values())
 
 

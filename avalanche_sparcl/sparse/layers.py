@@ -1,9 +1,13 @@
 """Which parameters are sparse, and at what ratio.
 
-Default: every convolution and Linear weight except the first such layer the input passes through
-and the last Linear layer (the classifier), the layers whose sparsity costs most accuracy for the
-least compute. Biases and normalisation parameters are never masked (the reference code froze
-BatchNorm biases at zero by accident). A profile in the reference's YAML format
+Default, the reference's rule: every convolution weight except the input layer (the first layer the
+input passes through); Linear layers, hidden ones and the classifier, stay dense. Only a model with
+no such convolution (an MLP, or a network whose only convolution is its stem) masks its hidden Linear
+layers instead: every Linear weight except the input layer and the last Linear (the classifier).
+On ``models.ResNet18`` the default is the 16 block 3x3 convolutions plus the 3 1x1 shortcut
+convolutions; the reference's own set, the block convolutions only, is
+``experiments/profiles/resnet18_*.yaml``. Biases and normalisation parameters are never masked (the
+reference code froze BatchNorm biases at zero by accident). A profile in the reference's YAML format
 (``prune_ratios: {parameter_name: sparsity}``) overrides the default and alone decides the layer set.
 """
 
@@ -22,7 +26,8 @@ from avalanche_sparcl.validation import check_fraction, close_matches_hint
 
 ProfileLike = Mapping[str, float] | str | os.PathLike
 
-MASKABLE_MODULES = (nn.Linear, nn.modules.conv._ConvNd)
+CONVOLUTIONS = nn.modules.conv._ConvNd
+MASKABLE_MODULES = (nn.Linear, CONVOLUTIONS)
 
 
 def execution_order(model: nn.Module, run_forward: Callable[[], Any]) -> list[tuple[str, nn.Module]]:
@@ -60,19 +65,24 @@ def execution_order(model: nn.Module, run_forward: Callable[[], Any]) -> list[tu
 
 
 def default_sparse_weights(model: nn.Module, run_forward: Callable[[], Any]) -> list[str]:
-    """Names of the weights TDM masks by default (see the module docstring)."""
+    """Names of the weights TDM masks by default, in execution order (see the module docstring).
+
+    Convolutions hold most of a CNN's compute and the reference keeps its Linear layers dense, so
+    hidden Linear layers are masked only when no convolution past the input layer exists.
+    """
     order = execution_order(model, run_forward)
-    linear_positions = [i for i, (_, module) in enumerate(order) if isinstance(module, nn.Linear)]
-    excluded = {0}
-    if linear_positions:
-        excluded.add(linear_positions[-1])
-    names = [f"{name}.weight" for i, (name, _) in enumerate(order) if i not in excluded]
+    names = [f"{name}.weight" for name, module in order[1:] if isinstance(module, CONVOLUTIONS)]
+    if not names:
+        linear_positions = [i for i, (_, module) in enumerate(order) if isinstance(module, nn.Linear)]
+        hidden = set(linear_positions[:-1]) - {0}
+        names = [f"{name}.weight" for i, (name, _) in enumerate(order) if i in hidden]
     if not names:
         seen = ", ".join(name for name, _ in order) or "none"
         raise ValueError(
-            "the model has no layer SparCL can make sparse: it masks convolution and Linear "
-            "weights other than the first layer and the classifier, and the model's forward pass "
-            f"went through these only: {seen}. Pass a profile to choose layers explicitly."
+            "the model has no layer SparCL can make sparse: it masks convolution weights other than "
+            "the input layer or, in a model without such a convolution, Linear weights other than the "
+            "input layer and the classifier, and the model's forward pass went through these only: "
+            f"{seen}. Pass a profile to choose layers explicitly."
         )
     return names
 
