@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import gzip
 import os
+import zlib
 from pathlib import Path
 
+import numpy as np
 import torch
 from avalanche.benchmarks import nc_benchmark
 from avalanche.benchmarks.classic import SplitCIFAR10, SplitCIFAR100, SplitTinyImageNet
@@ -87,12 +90,17 @@ def is_present(path: Path, folder: bool) -> bool:
     return path.is_dir() if folder else path.is_file()
 
 
+def expand_root(dataset_root: str | Path) -> Path:
+    """``dataset_root`` with ``~`` and ``$VARS`` expanded, as a config may write it."""
+    return Path(os.path.expandvars(str(dataset_root))).expanduser()
+
+
 def check_dataset_files(benchmark: str, dataset_root: str | Path) -> Path:
     """Return ``dataset_root`` as a Path if every expected file of ``benchmark`` is there.
 
     Raises DatasetNotFoundError naming the root and the missing files otherwise.
     """
-    root = Path(os.path.expandvars(str(dataset_root))).expanduser()
+    root = expand_root(dataset_root)
     expected = DATASET_FILES[benchmark]
     missing = [name for name in expected if not is_present(root / name, folder=name.endswith("/"))]
     if missing:
@@ -102,6 +110,172 @@ def check_dataset_files(benchmark: str, dataset_root: str | Path) -> Path:
             "Put the extracted dataset there (see experiments/README.md) or change benchmark.dataset_root."
         )
     return root
+
+
+class DatasetFormatError(ValueError):
+    """A data file is there but is not what it should be (corrupt, truncated or another dataset's)."""
+
+
+FMNIST_DEFAULT_ROOT = Path("/usr/share/datasets/fashion-mnist")
+"""Where Debian's ``dataset-fashion-mnist`` package puts the four ``.gz`` files: the default root."""
+FMNIST_FILES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+"""The original idx files, each read plain or gzipped (``.gz``)."""
+FMNIST_IMAGE_SIZE = 28
+FMNIST_CLASSES = 10
+IDX_IMAGES_MAGIC = 0x00000803
+"""idx magic: two zero bytes, type 0x08 (unsigned byte), 3 dimensions (count, rows, columns)."""
+IDX_LABELS_MAGIC = 0x00000801
+"""idx magic: unsigned bytes, 1 dimension (count)."""
+FMNIST_HOW_TO_GET = (
+    "Get it with `apt-get install dataset-fashion-mnist` (Debian/Ubuntu: the files go to "
+    f"{FMNIST_DEFAULT_ROOT}, read when benchmark.dataset_root is unset) or in Python with "
+    "`torchvision.datasets.FashionMNIST(root, download=True)`, then set `dataset_root: root`."
+)
+
+
+def fmnist_folders(dataset_root: str | Path | None) -> list[Path]:
+    """The folders searched, in order: Debian's, or torchvision's layout under the root, then the root."""
+    if dataset_root is None:
+        return [FMNIST_DEFAULT_ROOT]
+    root = expand_root(dataset_root)
+    return [root / "FashionMNIST" / "raw", root]
+
+
+def find_idx_file(folder: Path, name: str) -> Path | None:
+    """``folder/name``, else ``folder/name.gz``; the plain file wins as it reads faster."""
+    for path in (folder / name, folder / f"{name}.gz"):
+        if path.is_file():
+            return path
+    return None
+
+
+def fmnist_files(dataset_root: str | Path | None = None) -> dict[str, Path]:
+    """The four Fashion-MNIST idx files, all from the first searched folder that holds every one.
+
+    Raises DatasetNotFoundError naming the folders searched, the missing files and how to get them.
+    """
+    folders = fmnist_folders(dataset_root)
+    found = [{key: find_idx_file(folder, name) for key, name in FMNIST_FILES.items()} for folder in folders]
+    for files in found:
+        if all(files.values()):
+            return {key: path for key, path in files.items() if path is not None}
+    best = min(range(len(folders)), key=lambda i: sum(path is None for path in found[i].values()))
+    missing = [FMNIST_FILES[key] for key, path in found[best].items() if path is None]
+    if dataset_root is None:
+        where = f"in {FMNIST_DEFAULT_ROOT} (the default when benchmark.dataset_root is unset)"
+    else:
+        where = f"under dataset_root {str(dataset_root)!r} (searched {' and '.join(map(str, folders))})"
+    # name the folder only when it holds some of the files: the copy that is incomplete
+    partial = f" in {folders[best]}" if len(folders) > 1 and len(missing) < len(FMNIST_FILES) else ""
+    raise DatasetNotFoundError(
+        f"split_fmnist: data not found {where}; missing {len(missing)} of the {len(FMNIST_FILES)} idx files "
+        f"(plain or .gz){partial}: {', '.join(missing)}. {FMNIST_HOW_TO_GET}"
+    )
+
+
+def read_idx(path: Path, magic: int, header_only: bool = False) -> tuple[tuple[int, ...], np.ndarray | None]:
+    """The dimensions and unsigned-byte contents of an idx file (plain or gzipped).
+
+    The header is a big-endian magic number (type and number of dimensions) then one big-endian
+    32-bit size per dimension. Raises DatasetFormatError naming the file for a wrong magic number
+    or a short / corrupt file; ``header_only`` reads the header alone (a cheap check).
+    """
+    n_dims = magic & 0xFF
+    header_size = 4 * (1 + n_dims)
+    try:
+        with gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb") as stream:
+            data = stream.read(header_size) if header_only else stream.read()
+    except (OSError, EOFError, zlib.error) as error:
+        raise DatasetFormatError(f"{path}: cannot read this idx file ({error})") from None
+    found = int.from_bytes(data[:4], "big") if len(data) >= 4 else None
+    if found != magic:
+        got = "a file shorter than 4 bytes" if found is None else f"{found:#010x}"
+        raise DatasetFormatError(
+            f"{path}: not an idx file of the expected kind (magic number {magic:#010x} expected, got {got}); "
+            "the file is corrupt or from another dataset"
+        )
+    if len(data) < header_size:
+        raise DatasetFormatError(f"{path}: idx header cut short ({len(data)} of {header_size} bytes)")
+    dims = tuple(int(size) for size in np.frombuffer(data, dtype=">u4", count=n_dims, offset=4))
+    if header_only:
+        return dims, None
+    expected = int(np.prod(dims))
+    if len(data) - header_size != expected:
+        raise DatasetFormatError(
+            f"{path}: idx header promises {expected} bytes of data for sizes {dims}, the file holds "
+            f"{len(data) - header_size}; the file is truncated or corrupt"
+        )
+    return dims, np.frombuffer(data, dtype=np.uint8, offset=header_size).reshape(dims)
+
+
+def check_fmnist_split(images: Path, labels: Path, image_dims: tuple[int, ...], n_labels: int) -> None:
+    """Images must be 28x28 and as many as the labels."""
+    if image_dims[1:] != (FMNIST_IMAGE_SIZE, FMNIST_IMAGE_SIZE):
+        raise DatasetFormatError(
+            f"{images}: images are {image_dims[1]}x{image_dims[2]}, Fashion-MNIST's are "
+            f"{FMNIST_IMAGE_SIZE}x{FMNIST_IMAGE_SIZE}"
+        )
+    if image_dims[0] != n_labels:
+        raise DatasetFormatError(f"{images} holds {image_dims[0]} images but {labels} {n_labels} labels")
+
+
+def check_fmnist_files(dataset_root: str | Path | None = None) -> dict[str, Path]:
+    """:func:`fmnist_files` plus a header check of each file, cheap enough to run before training."""
+    files = fmnist_files(dataset_root)
+    for split in ("train", "test"):
+        images, labels = files[f"{split}_images"], files[f"{split}_labels"]
+        image_dims, _ = read_idx(images, IDX_IMAGES_MAGIC, header_only=True)
+        (n_labels,), _ = read_idx(labels, IDX_LABELS_MAGIC, header_only=True)
+        check_fmnist_split(images, labels, image_dims, n_labels)
+    return files
+
+
+def load_fmnist_split(images_path: Path, labels_path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """One split as float32 images Nx1x28x28 in [0, 1] and long labels."""
+    image_dims, pixels = read_idx(images_path, IDX_IMAGES_MAGIC)
+    (n_labels,), labels = read_idx(labels_path, IDX_LABELS_MAGIC)
+    check_fmnist_split(images_path, labels_path, image_dims, n_labels)
+    if n_labels and int(labels.max()) >= FMNIST_CLASSES:
+        raise DatasetFormatError(
+            f"{labels_path}: label {int(labels.max())} found, Fashion-MNIST's are 0 to {FMNIST_CLASSES - 1}"
+        )
+    images = pixels.astype(np.float32)[:, None]  # a writable copy, which torch.from_numpy wants
+    images /= 255
+    return torch.from_numpy(images), torch.from_numpy(labels.astype(np.int64))
+
+
+def load_fmnist(
+    dataset_root: str | Path | None = None,
+) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """Fashion-MNIST's (train, test) (images, labels) tensors from the idx files; nothing is cached."""
+    files = fmnist_files(dataset_root)
+    return (
+        load_fmnist_split(files["train_images"], files["train_labels"]),
+        load_fmnist_split(files["test_images"], files["test_labels"]),
+    )
+
+
+def split_fmnist(
+    dataset_root: str | Path | None = None,
+    n_experiences: int = 5,
+    seed: int = 0,
+    return_task_id: bool = False,
+):
+    """Split Fashion-MNIST: 60,000 / 10,000 real 1x28x28 images, classes in natural order (0-1, 2-3, ...).
+
+    Read offline from the original idx files: by default Debian's ``dataset-fashion-mnist`` copy in
+    :data:`FMNIST_DEFAULT_ROOT`; with ``dataset_root``, torchvision's ``<root>/FashionMNIST/raw/``
+    or the files directly in ``<root>``. No augmentation, like Split Digits.
+    """
+    train, test = load_fmnist(dataset_root)
+    return tensor_benchmark(
+        train, test, n_experiences, seed, return_task_id, fixed_class_order=list(range(FMNIST_CLASSES))
+    )
 
 
 CLASSIC_BENCHMARKS = {

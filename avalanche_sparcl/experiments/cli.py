@@ -17,7 +17,12 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from avalanche_sparcl.benchmarks import DatasetNotFoundError, check_dataset_files
+from avalanche_sparcl.benchmarks import (
+    DatasetFormatError,
+    DatasetNotFoundError,
+    check_dataset_files,
+    check_fmnist_files,
+)
 from avalanche_sparcl.console import hide_avalanche_deprecation_notices
 from avalanche_sparcl.experiments.config import BENCHMARK_SHAPES, ConfigError, ExperimentConfig, load_config
 from avalanche_sparcl.plugins.guard import NonFiniteTrainingError
@@ -72,11 +77,13 @@ def check_runnable(configs: Sequence[ExperimentConfig], device: str, smoke: bool
         return
     for config in configs:
         benchmark = config.benchmark
-        if BENCHMARK_SHAPES[benchmark["name"]].needs_dataset_root:
-            try:
+        try:
+            if benchmark["name"] == "split_fmnist":
+                check_fmnist_files(benchmark["dataset_root"])
+            elif BENCHMARK_SHAPES[benchmark["name"]].dataset_root == "required":
                 check_dataset_files(benchmark["name"], benchmark["dataset_root"])
-            except DatasetNotFoundError as error:
-                raise ConfigError(f"{config.path}: {error}") from None
+        except (DatasetNotFoundError, DatasetFormatError) as error:
+            raise ConfigError(f"{config.path}: {error}") from None
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -120,7 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "run":
             return run_command(args)
         return report_command(args)
-    except (ConfigError, DatasetNotFoundError) as error:
+    except (ConfigError, DatasetNotFoundError, DatasetFormatError) as error:
         print(f"sparcl-bench: error: {error}", file=sys.stderr)
         return USER_ERROR
     except NonFiniteTrainingError as error:
