@@ -37,26 +37,29 @@ training: {strategy: der, buffer_size: 200, epochs: 1}
 
 def test_shipped_configs_are_the_paper_grid_and_the_digits_comparison():
     expected = set()
-    for benchmark in ("split_cifar10", "split_tinyimagenet"):
+    for folder in ("split_cifar10", "split_tinyimagenet", "split_fmnist", "split_fmnist_quick"):
         for buffer in (200, 500):
             for strategy in ("ER", "DER++"):
-                expected.add((benchmark, strategy, buffer))
+                expected.add((folder, strategy, buffer))
                 for sparsity in (0.75, 0.90, 0.95):
-                    expected.add((benchmark, f"SparCL-{strategy} {sparsity:.2f} masked head", buffer))
+                    expected.add((folder, f"SparCL-{strategy} {sparsity:.2f} masked head", buffer))
         for method in ("Static", "SET", "RigL"):
             for sparsity in (0.75, 0.90, 0.95):
-                expected.add((benchmark, f"{method}-DER++ {sparsity:.2f}", 500))
+                expected.add((folder, f"{method}-DER++ {sparsity:.2f}", 500))
     for strategy in ("ER", "DER++"):
         expected.add(("split_digits", strategy, 200))
         for sparsity in (0.75, 0.90):
             expected.add(("split_digits", f"SparCL-{strategy} {sparsity:.2f}", 200))
-    expected.add(("split_digits", "TDM-DER++ 0.90", 200))
-    expected.add(("split_digits", "SparCL-DER++ 0.75 masked head", 200))
+    expected.add(("split_digits_parts", "TDM-DER++ 0.90", 200))
+    expected.add(("split_digits_parts", "SparCL-DER++ 0.75 masked head", 200))
     for parts in ("TDM", "TDM+DGM", "TDM+DDR"):
-        expected.add(("split_digits", f"{parts}-ER 0.90", 200))
+        expected.add(("split_digits_parts", f"{parts}-ER 0.90", 200))
+    for label in ("DER++ masked head", "TDM-DER++ 0.75 masked head", "TDM+DGM-DER++ 0.75 masked head"):
+        expected.add(("split_fmnist_quick_parts", label, 200))
+    expected.add(("split_fmnist_quick_parts", "SparCL-DER++ 0.75", 200))
     configs = [load_config(path) for path in SHIPPED_CONFIGS]
-    found = {(c.benchmark["name"], method_label(c), c.training["buffer_size"]) for c in configs}
-    assert len(configs) == 61
+    found = {(c.path.parent.name, method_label(c), c.training["buffer_size"]) for c in configs}
+    assert len(configs) == 115
     assert found == expected
 
 
@@ -65,16 +68,26 @@ def test_every_shipped_config_validates_with_the_paper_setting(path):
     config = load_config(path)
     training = config.training
     assert (training["lr"], training["batch_size"]) == (0.03, 32)
+    quick = path.parent.name.startswith("split_fmnist_quick")
     if config.benchmark["name"] == "split_digits":
         assert (config.model["name"], training["epochs"]) == ("small_cnn", 10)
+        assert training["buffer"] == "stock"
+    elif quick:
+        assert (config.model, training["epochs"]) == ({"name": "small_cnn", "width": 16}, 3)
     else:
-        epochs = 50 if config.benchmark["name"] == "split_cifar10" else 100
-        assert (config.model, training["epochs"]) == ({"name": "resnet18", "width": 64}, epochs)
-        assert config.benchmark["dataset_root"] == "data"
+        epochs = {"split_cifar10": 50, "split_fmnist": 50, "split_tinyimagenet": 100}
+        assert (config.model, training["epochs"]) == (
+            {"name": "resnet18", "width": 64},
+            epochs[config.benchmark["name"]],
+        )
+        root = None if config.benchmark["name"] == "split_fmnist" else "data"
+        assert config.benchmark["dataset_root"] == root
+    if config.benchmark["name"] != "split_digits" and training["strategy"] != "naive":
+        assert training["buffer"] == "reservoir"  # the reference's protocol, for dense and sparse alike
     if training["strategy"] == "der":
         assert (training["alpha"], training["beta"]) == (0.1, 0.5)
     section = config.sparcl or config.baseline
-    if section is not None and config.benchmark["name"] != "split_digits":
+    if section is not None and config.benchmark["name"] != "split_digits" and not quick:
         assert (
             Path(section["profile"])
             == REPO / "experiments" / "profiles" / f"resnet18_{section['sparsity']:.2f}.yaml"
@@ -83,7 +96,9 @@ def test_every_shipped_config_validates_with_the_paper_setting(path):
         assert (config.sparcl["removal_ratio"], config.sparcl["gradient_sparsity"]) == (0.3, 0.2)
         # the reference's masked head; on Split Digits it costs Class-IL accuracy (README), so it is
         # off there except in the config that measures it
-        expected_head = config.benchmark["name"] != "split_digits" or "masked_head" in path.stem
+        expected_head = "masked_head" in path.stem or (
+            config.benchmark["name"] != "split_digits" and "no_head" not in path.stem
+        )
         assert config.sparcl["masked_head"] is expected_head
 
 
@@ -107,6 +122,7 @@ def test_extends_merges_sections_and_resolves_profiles_against_the_declaring_fil
         "batch_size": 32,
         "lr": 0.1,
         "buffer_size": 50,
+        "buffer": "stock",
         "alpha": None,
         "beta": None,
         "eval_batch_size": 256,
@@ -121,7 +137,7 @@ def test_extends_merges_sections_and_resolves_profiles_against_the_declaring_fil
         (
             DIGITS_DER.replace("buffer_size", "buffer_szie"),
             "unknown key 'training.buffer_szie' (did you mean 'buffer_size'?); accepted keys in 'training': "
-            "alpha, batch_size, beta, buffer_size, epochs, eval_batch_size, lr, strategy",
+            "alpha, batch_size, beta, buffer, buffer_size, epochs, eval_batch_size, lr, strategy",
         ),
         (
             DIGITS_DER + "sparcl: {sparsty: 0.5}\n",
@@ -147,6 +163,14 @@ def test_extends_merges_sections_and_resolves_profiles_against_the_declaring_fil
             "training.strategy must be one of naive, er, der, er_ace, got 'derpp' (did you mean 'der'?)",
         ),
         (DIGITS_DER + "sparcl: {sparsity: 1.5}\n", "sparcl.sparsity must be a number in [0, 1), got 1.5"),
+        (
+            DIGITS_DER.replace("epochs: 1", "epochs: 1, buffer: fifo"),
+            "training.buffer must be one of stock, reservoir, got 'fifo'",
+        ),
+        (
+            DIGITS_DER.replace("strategy: der, buffer_size: 200", "strategy: naive, buffer: reservoir"),
+            "training.buffer is not accepted for strategy 'naive' (no replay)",
+        ),
         (
             DIGITS_DER + "sparcl: {masked_head: yes please}\n",
             "sparcl.masked_head must be true or false, got 'yes please'",
@@ -210,7 +234,7 @@ def test_cli_exits_2_with_one_line_and_no_traceback_on_a_bad_config(tmp_path, ca
     assert captured.err == (
         f"sparcl-bench: error: {path}: unknown key 'training.eval_batchsize' "
         "(did you mean 'eval_batch_size'?); accepted keys in 'training': "
-        "alpha, batch_size, beta, buffer_size, epochs, eval_batch_size, lr, strategy\n"
+        "alpha, batch_size, beta, buffer, buffer_size, epochs, eval_batch_size, lr, strategy\n"
     )
     assert not (tmp_path / "runs").exists()  # validated before anything ran
 

@@ -38,9 +38,11 @@ def test_shipped_config_runs_end_to_end_in_smoke_mode(tmp_path, path):
         assert all(0 <= value <= 1 for row in matrix for value in row)
     flops = results["train_flops_after_experience"]
     assert len(flops) == SMOKE_EXPERIENCES and 0 < flops[0] < flops[1] == results["train_flops"]
-    assert results["weight_sparsity"] == pytest.approx(config.sparsity, abs=0.002)
+    # the smoke SmallCNN (width 2) masks only conv2 (72 weights) and conv3 (144): rounding each
+    # layer's count to a whole weight moves the overall sparsity by up to (0.5 + 0.5) / 216
+    assert results["weight_sparsity"] == pytest.approx(config.sparsity, abs=1 / 216)
     if config.sparcl is not None and config.sparcl["removal_ratio"] > 0:
-        assert results["kept_data"] < 1.0  # DDR removed data within the two smoke epochs
+        assert results["kept_data"] < 1.0  # DDR removed data within the three smoke epochs
     else:
         assert results["kept_data"] == 1.0
     assert list(run_dir.glob("tensorboard/events.out.tfevents.*"))
@@ -49,10 +51,11 @@ def test_shipped_config_runs_end_to_end_in_smoke_mode(tmp_path, path):
 
 
 def test_same_seed_gives_the_same_run_and_another_seed_does_not(tmp_path):
-    """Real Split Digits, 2 epochs: class order, initialisation, DDR and TDM regrowth follow the seed."""
+    """Real Split Digits, 3 epochs (DDR removes once, at epoch 2): class order, initialisation, DDR
+    and TDM regrowth follow the seed."""
     path = tmp_path / "sparcl_er.yaml"
     path.write_text(
-        f"extends: {CONFIG_DIR / 'split_digits' / 'sparcl_er_0.75_buf200.yaml'}\ntraining: {{epochs: 2}}\n"
+        f"extends: {CONFIG_DIR / 'split_digits' / 'sparcl_er_0.75_buf200.yaml'}\ntraining: {{epochs: 3}}\n"
     )
     config = load_config(path)
     runs = [

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from avalanche.evaluation.metrics import accuracy_metrics
@@ -216,3 +218,45 @@ def test_after_data_removal_only_kept_examples_enter_the_buffer(kind, digits_ben
     assert reservoir.buffer.seen == 2 * n + 2 * (n - removed)
     if kind != "naive":
         assert type(strategy.storage_policy.update).__name__ == "method"  # DDR left it alone
+
+
+def test_masked_head_without_an_online_buffer_warns_once_per_training_call(digits_benchmark):
+    strategy = build("der", [SparCLPlugin(0.75, 0.0, 0.0, masked_head=True)])
+    with pytest.warns(UserWarning, match="masked head without ReservoirReplayPlugin") as caught:
+        strategy.train(digits_benchmark.train_stream[0])
+    assert len([w for w in caught if "masked head" in str(w.message)]) == 1
+    strategy = build("der", [ReservoirReplayPlugin(200), SparCLPlugin(0.75, 0.0, 0.0, masked_head=True)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        warnings.filterwarnings("ignore", message="No loggers specified")
+        strategy.train(digits_benchmark.train_stream[0])
+
+
+@pytest.mark.parametrize(
+    ("strategy_name", "buffer"), [("er", "reservoir"), ("der", "reservoir"), ("er", "stock")]
+)
+def test_config_buffer_key_chooses_the_replay_protocol(tmp_path, strategy_name, buffer):
+    from avalanche_sparcl.experiments.config import load_config
+    from avalanche_sparcl.experiments.runner import RunOptions, build_evaluator, build_strategy
+
+    path = tmp_path / "config.yaml"
+    path.write_text(
+        "benchmark: {name: split_digits}\nmodel: {name: small_cnn}\n"
+        f"training: {{strategy: {strategy_name}, buffer_size: 120, batch_size: 16, buffer: {buffer}}}\n"
+        "sparcl: {sparsity: 0.75, masked_head: true}\n"
+    )
+    config = load_config(path)
+    evaluator, _ = build_evaluator(tmp_path, quiet=True, log_files=False)
+    sparcl = SparCLPlugin(0.75, masked_head=True)
+    strategy = build_strategy(config, SmallCNN(), [sparcl], evaluator, RunOptions(tmp_path), seed=4)
+    reservoirs = [p for p in strategy.plugins if isinstance(p, ReservoirReplayPlugin)]
+    replays = [p for p in strategy.plugins if isinstance(p, ReplayPlugin)]
+    if buffer == "reservoir":
+        assert strategy.plugins.index(reservoirs[0]) < strategy.plugins.index(sparcl) and not replays
+        assert reservoirs[0].mem_size == 120
+        assert reservoirs[0].requested_batch_size_mem == (16 if strategy_name == "er" else None)
+        assert torch.equal(
+            reservoirs[0].buffer.generator.get_state(), torch.Generator().manual_seed(4).get_state()
+        )
+    else:
+        assert not reservoirs and replays[0].mem_size == 120

@@ -11,7 +11,7 @@ import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -30,14 +30,17 @@ class BenchmarkShape:
     n_classes: int
     input_shape: tuple[int, int, int]
     default_experiences: int
-    needs_dataset_root: bool
+    dataset_root: Literal["required", "optional", "refused"]
+    """``benchmark.dataset_root``: required (no default copy of the data), optional (read from a
+    default location without it) or refused (the data is embedded)."""
 
 
 BENCHMARK_SHAPES: dict[str, BenchmarkShape] = {
-    "split_digits": BenchmarkShape(10, (1, 8, 8), 5, needs_dataset_root=False),
-    "split_cifar10": BenchmarkShape(10, (3, 32, 32), 5, needs_dataset_root=True),
-    "split_cifar100": BenchmarkShape(100, (3, 32, 32), 10, needs_dataset_root=True),
-    "split_tinyimagenet": BenchmarkShape(200, (3, 64, 64), 10, needs_dataset_root=True),
+    "split_digits": BenchmarkShape(10, (1, 8, 8), 5, dataset_root="refused"),
+    "split_fmnist": BenchmarkShape(10, (1, 28, 28), 5, dataset_root="optional"),
+    "split_cifar10": BenchmarkShape(10, (3, 32, 32), 5, dataset_root="required"),
+    "split_cifar100": BenchmarkShape(100, (3, 32, 32), 10, dataset_root="required"),
+    "split_tinyimagenet": BenchmarkShape(200, (3, 64, 64), 10, dataset_root="required"),
 }
 MODEL_WIDTHS = {"resnet18": 64, "small_cnn": 32}
 """Model name -> default width (ResNet-18's ``nf``, SmallCNN's first-layer channels)."""
@@ -46,6 +49,9 @@ REPLAY_STRATEGIES = ("er", "der", "er_ace")
 BASELINE_METHODS = ("static", "set", "rigl")
 """Sparse-training baselines (paper Sec. 5.3): TDM's mask core with their prune / regrow rules."""
 REGROW_CHOICES = ("random", "gradient")
+BUFFER_KINDS = ("stock", "reservoir")
+"""Replay buffer: the strategy's own (Avalanche fills it when an experience ends; ER_ACE when it
+starts) or a reservoir updated with every minibatch at every step (the reference's and mammoth's)."""
 
 REQUIRED = object()
 
@@ -134,6 +140,7 @@ TRAINING_KEYS = {
     "batch_size": Key("an integer >= 1", positive_int, 32),
     "lr": Key("a number > 0", positive_number, 0.03),
     "buffer_size": Key("an integer >= 1 (replay strategies only)", positive_int, None),
+    "buffer": choice_key(BUFFER_KINDS, "stock"),
     "alpha": Key("a number >= 0 (der only)", non_negative_number, None),
     "beta": Key("a number >= 0 (der only)", non_negative_number, None),
     "eval_batch_size": Key("an integer >= 1", positive_int, 256),
@@ -339,12 +346,12 @@ def check_benchmark(path: Path, benchmark: dict[str, Any]) -> None:
             f"{path}: benchmark.n_experiences must divide the {shape.n_classes} classes of "
             f"{benchmark['name']}, got {benchmark['n_experiences']}"
         )
-    if shape.needs_dataset_root and benchmark["dataset_root"] is None:
+    if shape.dataset_root == "required" and benchmark["dataset_root"] is None:
         raise ConfigError(
             f"{path}: missing key 'benchmark.dataset_root': {benchmark['name']} needs the folder that "
             "holds its data"
         )
-    if not shape.needs_dataset_root and benchmark["dataset_root"] is not None:
+    if shape.dataset_root == "refused" and benchmark["dataset_root"] is not None:
         raise ConfigError(
             f"{path}: benchmark.dataset_root is not accepted for {benchmark['name']} (its data is embedded)"
         )
@@ -360,6 +367,8 @@ def check_training(path: Path, training: dict[str, Any]) -> None:
         raise ConfigError(
             f"{path}: training.buffer_size is not accepted for strategy {strategy!r} (no replay)"
         )
+    if strategy not in REPLAY_STRATEGIES and training["buffer"] != "stock":
+        raise ConfigError(f"{path}: training.buffer is not accepted for strategy {strategy!r} (no replay)")
     for name, default in (("alpha", 0.1), ("beta", 0.5)):
         if strategy == "der" and training[name] is None:
             training[name] = default

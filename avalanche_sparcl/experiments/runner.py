@@ -34,7 +34,7 @@ from avalanche_sparcl.checkpointing import maybe_resume, save_checkpoint, write_
 from avalanche_sparcl.experiments.config import BENCHMARK_SHAPES, ExperimentConfig, build_sparse_plugin
 from avalanche_sparcl.metrics import data_metrics, flops_metrics, sparsity_metrics, task_il_accuracy_metrics
 from avalanche_sparcl.models import ResNet18, SmallCNN
-from avalanche_sparcl.plugins import NonFiniteGuardPlugin
+from avalanche_sparcl.plugins import NonFiniteGuardPlugin, ReservoirReplayPlugin
 from avalanche_sparcl.reproducibility import seed_everything
 
 STRATEGY_LABELS = {"naive": "Naive", "er": "ER", "der": "DER++", "er_ace": "ER-ACE"}
@@ -42,8 +42,9 @@ METHOD_PREFIXES = {"sparcl": "SparCL", "static": "Static", "set": "SET", "rigl":
 
 SMOKE_WIDTH = 2
 """``--smoke``: model width (ResNet-18's nf); the layer structure and parameter names stay."""
-SMOKE_EPOCHS = 2
-"""``--smoke``: at most this many epochs per experience (so the epoch-based schedules still move)."""
+SMOKE_EPOCHS = 3
+"""``--smoke``: at most this many epochs per experience (so the epoch-based schedules still move: DDR
+needs 3, a two-epoch window before its first removal)."""
 SMOKE_EXPERIENCES = 2
 """``--smoke``: train on the first experiences only (each followed by an evaluation on the whole test
 stream), which still crosses an experience boundary: buffer, masks and schedules carry over."""
@@ -100,6 +101,8 @@ def method_label(config: ExperimentConfig) -> str:
         ]
         prefix = prefix if len(parts) == 3 else "+".join(parts)
         suffix = " masked head" if config.sparcl["masked_head"] else ""
+        if not parts:  # a dense run with the masked head only
+            return f"{strategy}{suffix}"
     return f"{prefix}-{strategy} {config.sparsity:.2f}{suffix}"
 
 
@@ -152,8 +155,13 @@ def build_strategy(
     plugins: list,
     evaluator: EvaluationPlugin,
     options: RunOptions,
+    seed: int = 0,
 ):
-    """Naive, ER (Naive + ReplayPlugin), DER++ or ER-ACE with SGD (no momentum, as in the paper)."""
+    """Naive, ER (Naive + replay), DER++ or ER-ACE with SGD (no momentum, as in the paper).
+
+    With ``buffer: reservoir`` the replay plugin comes first, so DER++ stores raw logits before any
+    masked head sees them.
+    """
     training = config.training
     epochs, batch = training["epochs"], training["batch_size"]
     if options.smoke:
@@ -171,9 +179,13 @@ def build_strategy(
     strategy, buffer = training["strategy"], training["buffer_size"]
     if strategy == "naive":
         return Naive(plugins=plugins, **common)
+    if training["buffer"] == "reservoir":
+        own_batch = batch if strategy == "er" else None  # DER and ER_ACE are given theirs below
+        plugins = [ReservoirReplayPlugin(mem_size=buffer, batch_size_mem=own_batch, seed=seed), *plugins]
+    elif strategy == "er":
+        plugins = [*plugins, ReplayPlugin(mem_size=buffer, batch_size=batch, batch_size_mem=batch)]
     if strategy == "er":
-        replay = ReplayPlugin(mem_size=buffer, batch_size=batch, batch_size_mem=batch)
-        return Naive(plugins=[*plugins, replay], **common)
+        return Naive(plugins=plugins, **common)
     if strategy == "der":
         return DER(
             mem_size=buffer,
@@ -324,7 +336,7 @@ def run_experiment(
     sparse_plugin = build_sparse_plugin(config, seed)
     evaluator, _ = build_evaluator(run_dir, options.quiet, log_files=not checkpoint.is_file())
     plugins = [RunProgress(), NonFiniteGuardPlugin()] + ([] if sparse_plugin is None else [sparse_plugin])
-    strategy = build_strategy(config, model, plugins, evaluator, options)
+    strategy = build_strategy(config, model, plugins, evaluator, options, seed)
     strategy, next_experience = maybe_resume(strategy, checkpoint, map_location=options.device)
     progress = next(p for p in strategy.plugins if isinstance(p, RunProgress))
     flops_metric = next(m for m in strategy.evaluator.metrics if str(m) == "TrainFLOPs")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
@@ -23,6 +24,19 @@ class MaskedHeadPlugin(SupervisedPlugin):
     def __init__(self) -> None:
         super().__init__()
         self.loader_rows = 0
+
+    def before_training(self, strategy: Any, **kwargs: Any) -> None:
+        """Warn when no buffer replays current examples: the newest classes would never compete."""
+        from avalanche_sparcl.plugins.reservoir import ReservoirReplayPlugin
+
+        if not any(isinstance(plugin, ReservoirReplayPlugin) for plugin in strategy.plugins):
+            warnings.warn(
+                "masked head without ReservoirReplayPlugin: Avalanche's own buffers hold only earlier "
+                "experiences, so the current classes never compete with the old ones in any loss term "
+                "and the newest experience is mostly lost in Class-IL; add ReservoirReplayPlugin(mem_size) "
+                "before SparCLPlugin, as the SparCL reference does",
+                stacklevel=2,
+            )
 
     def before_training_iteration(self, strategy: Any, **kwargs: Any) -> None:
         """Count the loader's rows before any buffer rows are prepended."""
