@@ -95,3 +95,21 @@ def test_report_without_runs_is_a_user_error(tmp_path, capsys):
         write_report(tmp_path, tmp_path / "out")
     assert main(["report", str(tmp_path)]) == 2
     assert capsys.readouterr().err.startswith(f"sparcl-bench: error: {tmp_path}: no results.json found")
+
+
+def test_marked_sections_are_appended_replaced_and_kept(tmp_path):
+    from avalanche_sparcl.experiments.report import kept_section, replace_section
+
+    page = tmp_path / "benchmarks.md"
+    page.write_text("# Benchmarks\n\nmeasured by make bench\n")
+    assert kept_section(page, "claim") == ""
+    replace_section(page, "claim", "## Claim\n\nold numbers\n")
+    assert page.read_text() == (
+        "# Benchmarks\n\nmeasured by make bench\n\n"
+        "<!-- claim: start -->\n## Claim\n\nold numbers\n<!-- claim: end -->\n"
+    )
+    replace_section(page, "claim", "## Claim\n\nnew numbers")
+    assert page.read_text().count("numbers") == 1 and "new numbers\n<!-- claim: end -->" in page.read_text()
+    kept = "\n<!-- claim: start -->\n## Claim\n\nnew numbers\n<!-- claim: end -->\n"
+    assert kept_section(page, "claim") == kept
+    assert kept_section(tmp_path / "absent.md", "claim") == ""

@@ -268,3 +268,31 @@ def write_report(runs_dir: str | Path, out_dir: str | Path) -> Report:
     markdown_path = out_dir / "report.md"
     markdown_path.write_text("\n".join(lines) + "\n")
     return Report(table, markdown_path, accuracy_vs_flops, plot_paths)
+
+
+def section_markers(name: str) -> tuple[str, str]:
+    """HTML comments around a section of a generated Markdown file that another command writes, so
+    each command rewrites its own part (docs/benchmarks.md: `make bench` and the Split Fashion-MNIST
+    reproduction)."""
+    return f"<!-- {name}: start -->", f"<!-- {name}: end -->"
+
+
+def kept_section(path: Path, name: str) -> str:
+    """The marked section ``name`` of the file at ``path`` (with its markers), or ''."""
+    start, end = section_markers(name)
+    text = path.read_text() if path.is_file() else ""
+    if start not in text or end not in text:
+        return ""
+    return "\n" + text[text.index(start) : text.index(end) + len(end)] + "\n"
+
+
+def replace_section(path: Path, name: str, content: str) -> None:
+    """Write ``content`` as the marked section ``name`` of the file at ``path`` (appended if absent)."""
+    start, end = section_markers(name)
+    text = path.read_text() if path.is_file() else ""
+    block = f"{start}\n{content.rstrip()}\n{end}"
+    if start in text and end in text:
+        text = text[: text.index(start)] + block + text[text.index(end) + len(end) :]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    path.write_text(text)
