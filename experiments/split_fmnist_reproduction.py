@@ -185,13 +185,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("runs/split_fmnist_quick"))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--ablation-seeds", type=int, nargs="+", help="ablation seeds (default: --seeds)")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--no-ablation", action="store_true", help="main rows only")
     parser.add_argument("--baselines", action="store_true", help="also static / SET / RigL at 0.90")
     parser.add_argument("--page", type=Path, default=REPO / "docs" / "split_fmnist.md")
     args = parser.parse_args()
-    configs = MAIN + ([] if args.no_ablation else ABLATION) + (BASELINES if args.baselines else [])
+    configs = MAIN + (BASELINES if args.baselines else [])
     run_all(configs, args.seeds, args.out, args.jobs)
+    if not args.no_ablation:
+        run_all(ABLATION, args.ablation_seeds or args.seeds, args.out, args.jobs)
     write_page(args.out, args.page, args.seeds)
 
 
