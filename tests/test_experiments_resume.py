@@ -11,15 +11,18 @@ from avalanche_sparcl.experiments.runner import RunOptions, run_directory, run_e
 
 SHORT_SPARCL_DER = """
 extends: {base}
-training: {{strategy: der, buffer_size: 100, epochs: 2, lr: {lr}}}
-sparcl: {{sparsity: 0.75, removal_ratio: 0.3, gradient_sparsity: 0.2}}
+training: {{strategy: der, buffer_size: 100, epochs: 3, lr: {lr}, buffer: {buffer}}}
+sparcl: {{sparsity: 0.75, removal_ratio: 0.3, gradient_sparsity: 0.2, masked_head: {head}}}
 """
 BASE = os.path.join(os.path.dirname(__file__), "..", "experiments", "configs", "base", "split_digits.yaml")
 
 
-def short_config(tmp_path, lr="0.03"):
+def short_config(tmp_path, lr="0.03", buffer="stock"):
+    """SparCL-DER++ on Split Digits, 3 epochs (DDR removes at epoch 2); with the reservoir buffer the
+    masked head is on, as in the paper-grid configs."""
     path = tmp_path / "short_sparcl_der.yaml"
-    path.write_text(SHORT_SPARCL_DER.format(base=os.path.abspath(BASE), lr=lr))
+    head = "true" if buffer == "reservoir" else "false"
+    path.write_text(SHORT_SPARCL_DER.format(base=os.path.abspath(BASE), lr=lr, buffer=buffer, head=head))
     return load_config(path)
 
 
@@ -39,8 +42,9 @@ def comparable(results):
     return {key: value for key, value in results.items() if key not in ("wall_time_s", "train_time_s")}
 
 
-def test_an_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path):
-    config = short_config(tmp_path)
+@pytest.mark.parametrize("buffer", ["stock", "reservoir"])
+def test_an_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path, buffer):
+    config = short_config(tmp_path, buffer=buffer)
     uninterrupted = run_experiment(config, 0, RunOptions(tmp_path / "a", quiet=True))
     options = RunOptions(tmp_path / "b", quiet=True)
     with pytest.raises(SimulatedKillError):
@@ -54,7 +58,8 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path):
     for name in ("eval_results.csv", "training_results.csv"):
         csv_resumed = (run_dir / "csv" / name).read_text()
         assert csv_resumed == (run_directory(config, 0, tmp_path / "a") / "csv" / name).read_text()
-    assert len(csv_resumed.splitlines()) == 1 + 5 * 2  # header + 5 experiences x 2 epochs
+    assert len(csv_resumed.splitlines()) == 1 + 5 * 3  # header + 5 experiences x 3 epochs
+    assert resumed["kept_data"] < 1.0  # DDR acted
 
 
 def test_a_finished_run_is_not_rerun_and_restart_starts_over(tmp_path, capsys):
