@@ -54,6 +54,7 @@ ABLATION = [
 BASELINES = [QUICK / f"{method}_der_0.90_buf500.yaml" for method in ("static", "set", "rigl")] + [
     QUICK / "der_buf500.yaml",
     QUICK / "sparcl_der_0.90_buf500.yaml",
+    PARTS / "sparcl_der_0.90_no_head_buf500.yaml",
 ]
 TARGETS = [
     # (config, dense config, allowed Class-IL drop in points, minimum FLOPs reduction)
@@ -123,7 +124,7 @@ def target_rows(by_name: dict[str, MethodSummary], summaries: list[MethodSummary
     return lines
 
 
-def write_page(out: Path, page: Path, seeds: list[int]) -> None:
+def write_page(out: Path, page: Path, seeds: list[int], command_options: str = "") -> None:
     report = write_report(out, out / "report")
     summaries = load_runs(out)
     by_name = {summary.name: summary for summary in summaries}
@@ -134,8 +135,8 @@ def write_page(out: Path, page: Path, seeds: list[int]) -> None:
     lines = [
         "# SparCL on Split Fashion-MNIST",
         "",
-        "Written by `python experiments/split_fmnist_reproduction.py` "
-        f"(seeds {' '.join(map(str, seeds))}) on {platform.machine()} Linux with {os.cpu_count()} CPU "
+        f"Written by `python experiments/split_fmnist_reproduction.py {command_options}` "
+        f"on {platform.machine()} Linux with {os.cpu_count()} CPU "
         "cores, one torch thread per run; "
         f"runs and the full `sparcl-bench report` are in `{out}`.",
         "",
@@ -167,9 +168,10 @@ def write_page(out: Path, page: Path, seeds: list[int]) -> None:
     summary = [
         "## Split Fashion-MNIST: the accuracy claim",
         "",
-        f"Written by `python experiments/split_fmnist_reproduction.py`; protocol, ablation and plot in "
-        f"[{page.name}]({page.name}). Seeds {' '.join(map(str, seeds))}, CPU runs of the quick grid "
-        "(small CNN, 3 epochs per experience, reservoir buffer 200).",
+        f"Written by `python experiments/split_fmnist_reproduction.py {command_options}`; protocol, "
+        "ablation and plot in "
+        f"[{page.name}]({page.name}). Main rows: seeds {' '.join(map(str, seeds))}, CPU runs of the "
+        "quick grid (small CNN, 3 epochs per experience, reservoir buffer 200).",
         "",
         "| comparison | Class-IL difference | training FLOPs |",
         "|---|---|---|",
@@ -197,7 +199,7 @@ def main() -> None:
         run_all(ABLATION, args.ablation_seeds or args.seeds, args.out, args.jobs)
     if args.baselines:
         run_all(BASELINES, args.baseline_seeds or args.seeds, args.out, args.jobs)
-    write_page(args.out, args.page, args.seeds)
+    write_page(args.out, args.page, args.seeds, " ".join(sys.argv[1:]))
 
 
 if __name__ == "__main__":

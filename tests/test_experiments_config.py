@@ -57,9 +57,10 @@ def test_shipped_configs_are_the_paper_grid_and_the_digits_comparison():
     for label in ("DER++ masked head", "TDM-DER++ 0.75 masked head", "TDM+DGM-DER++ 0.75 masked head"):
         expected.add(("split_fmnist_quick_parts", label, 200))
     expected.add(("split_fmnist_quick_parts", "SparCL-DER++ 0.75", 200))
+    expected.add(("split_fmnist_quick_parts", "SparCL-DER++ 0.90", 500))
     configs = [load_config(path) for path in SHIPPED_CONFIGS]
     found = {(c.path.parent.name, method_label(c), c.training["buffer_size"]) for c in configs}
-    assert len(configs) == 115
+    assert len(configs) == 116
     assert found == expected
 
 
