@@ -42,7 +42,11 @@ class ReservoirBuffer:
     def __getitem__(self, index: int) -> tuple[Tensor, ...]:
         if not 0 <= index < len(self):
             raise IndexError(f"buffer index {index} out of range for {len(self)} examples")
-        return tuple(getattr(self, name)[index] for name in FIELDS if getattr(self, name) is not None)
+        return tuple(stored[index] for stored in self.stored_fields())
+
+    def stored_fields(self) -> list[Tensor]:
+        """The storage tensors in FIELDS order, leaving out logits when none are kept."""
+        return [stored for stored in (getattr(self, name) for name in FIELDS) if stored is not None]
 
     @torch.no_grad()
     def add(self, inputs: Tensor, labels: Tensor, task_labels: Tensor, logits: Tensor | None = None) -> None:
@@ -77,11 +81,7 @@ class ReservoirBuffer:
         """``min(size, len(self))`` distinct buffered examples, drawn uniformly: each field's rows."""
         count = min(size, len(self))
         chosen = torch.randperm(len(self), generator=self.generator)[:count]
-        return tuple(
-            stored[chosen.to(stored.device)]
-            for stored in (getattr(self, name) for name in FIELDS)
-            if stored is not None
-        )
+        return tuple(stored[chosen.to(stored.device)] for stored in self.stored_fields())
 
     def _allocate_like(self, batch: dict[str, Tensor | None]) -> None:
         """Storage shaped like the first batch's rows; later batches must have the same row shapes."""

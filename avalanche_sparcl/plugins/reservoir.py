@@ -22,6 +22,7 @@ from avalanche.core import SupervisedPlugin
 from avalanche.training import DER, ER_ACE
 from avalanche.training.plugins import ReplayPlugin
 
+from avalanche_sparcl.plugins.masked_head import MaskedHeadPlugin
 from avalanche_sparcl.reservoir import ReservoirBuffer
 from avalanche_sparcl.validation import check_positive_int
 
@@ -70,6 +71,7 @@ class ReservoirReplayPlugin(SupervisedPlugin):
         self.requested_batch_size_mem = batch_size_mem
         self.batch_size_mem = batch_size_mem or 0
         self.mode = ""  # 'der', 'er_ace' or 'prepend', set when training starts
+        self.batches: ReservoirBatches | None = None  # the replay source given to DER / ER_ACE
         self.loader_rows = 0
         self.staged: tuple[torch.Tensor, ...] | None = None
 
@@ -104,16 +106,16 @@ class ReservoirReplayPlugin(SupervisedPlugin):
             self.batch_size_mem = self.requested_batch_size_mem or strategy.train_mb_size
         if self.mode == "der":
             refuse_masked_head_before(self, strategy.plugins)
+        self.batches = ReservoirBatches(self.buffer, self.batch_size_mem)
 
     def before_training_iteration(self, strategy: Any, **kwargs: Any) -> None:
         """Remember how many rows come from the experience; point the strategy at the reservoir."""
         self.loader_rows = len(strategy.mbatch[0])
-        if self.mode == "der":
+        if self.mode in ("der", "er_ace"):
             ready = len(self.buffer) >= self.batch_size_mem
-            strategy.replay_loader = ReservoirBatches(self.buffer, self.batch_size_mem) if ready else None
-        elif self.mode == "er_ace":
-            ready = len(self.buffer) >= self.batch_size_mem and strategy.experience.current_experience > 0
-            strategy.replay_loader = ReservoirBatches(self.buffer, self.batch_size_mem) if ready else None
+            if self.mode == "er_ace":  # ER_ACE replays from its second experience on
+                ready = ready and strategy.experience.current_experience > 0
+            strategy.replay_loader = self.batches if ready else None
 
     def before_forward(self, strategy: Any, **kwargs: Any) -> None:
         """ER: buffer rows first, then the current ones (DER's layout, which DDR reads)."""
@@ -144,8 +146,6 @@ class ReservoirReplayPlugin(SupervisedPlugin):
 
 def refuse_masked_head_before(plugin: ReservoirReplayPlugin, plugins: list[Any]) -> None:
     """DER++ stores logits from ``after_forward``; a masked head that ran first would store -inf."""
-    from avalanche_sparcl.plugins.masked_head import MaskedHeadPlugin
-
     for other in plugins[: plugins.index(plugin)]:
         parts = getattr(other, "parts", [other])
         if any(isinstance(part, MaskedHeadPlugin) for part in parts):
