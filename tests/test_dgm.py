@@ -64,7 +64,7 @@ def test_gradient_sparsity_counts_over_active_weights_not_the_whole_tensor():
 
 
 class GradientAudit(SupervisedPlugin):
-    """After the plugins under test, counts what the optimizer is about to apply."""
+    """After the optimizer step, counts the gradients it applied."""
 
     def __init__(self, weight_masks, gradient_masks, gradient_sparsity):
         super().__init__()
@@ -72,7 +72,7 @@ class GradientAudit(SupervisedPlugin):
         self.gradient_sparsity = gradient_sparsity
         self.iterations = 0
 
-    def after_backward(self, strategy, **kwargs):
+    def after_update(self, strategy, **kwargs):
         params = dict(strategy.model.named_parameters())
         gradient_masks = self.gradient_masks()
         assert gradient_masks, "no gradient masks"

@@ -94,7 +94,7 @@ def test_importance_reads_gradients_before_dgm_masks_them(digits_benchmark):
         previous = None
         checked = 0
 
-        def after_backward(self, strategy, **kwargs):
+        def after_update(self, strategy, **kwargs):
             importance = sparcl.tdm.dynamic_sparsity.importance
             params = dict(strategy.model.named_parameters())
             sums = {name: total.clone() for name, total in importance.gradient_sums.items()}

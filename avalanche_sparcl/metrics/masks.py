@@ -3,6 +3,10 @@
 A plugin's ``masks`` (parameter name -> bool tensor, True = kept) define weight density; its
 ``gradient_masks`` the weight-gradient entries applied at the current step. Without gradient masks
 the kept gradient entries are the weight mask's (pruned weights get no gradient), or all of them.
+
+The FLOPs metrics count these intended kept entries. The sparsity metrics only take from them which
+parameters to look at (``masked_parameters``) and count the zeros of the tensors themselves, since
+another plugin (gradient projection, a replaced model, a restored state_dict) can defeat a mask.
 """
 
 from __future__ import annotations
@@ -26,6 +30,22 @@ def strategy_masks(strategy: Any, attribute: str) -> dict[str, Tensor]:
         for name, mask in masks.items():
             merged[name] = mask if name not in merged else merged[name] & mask
     return merged
+
+
+def masked_parameters(strategy: Any) -> dict[str, Tensor]:
+    """The current model's parameters that any plugin's weight or gradient masks name.
+
+    Resolved by name on every call, as a plugin may have replaced ``strategy.model`` since the masks
+    were built; a name the current model lacks is skipped. Masks are not merged, only their names read.
+    """
+    names: dict[str, None] = {}
+    for attribute in (WEIGHT_MASKS, GRADIENT_MASKS):
+        for plugin in getattr(strategy, "plugins", []):
+            names.update(dict.fromkeys(getattr(plugin, attribute, None) or {}))
+    if not names:
+        return {}
+    parameters = dict(strategy.model.named_parameters())
+    return {name: parameters[name] for name in names if name in parameters}
 
 
 class KeptCounts:

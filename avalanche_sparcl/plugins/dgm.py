@@ -11,6 +11,7 @@ from avalanche_sparcl.plugins.probe import probe_forward
 from avalanche_sparcl.plugins.tdm import TDMPlugin
 from avalanche_sparcl.sparse.gradient_masks import GradientMasking
 from avalanche_sparcl.sparse.layers import default_sparse_weights
+from avalanche_sparcl.sparse.step_hooks import OptimizerStepHooks
 from avalanche_sparcl.validation import check_fraction, check_positive_int, reject_unknown_options
 
 
@@ -30,6 +31,7 @@ class DGMPlugin(SupervisedPlugin):
         self.tdm: TDMPlugin | None = None
         self.gradient_masking: GradientMasking | None = None
         self.seen_mask_updates = 0
+        self.step_hooks = OptimizerStepHooks(self._mask_gradients_at_step)
 
     @property
     def gradient_masks(self) -> dict[str, torch.Tensor]:
@@ -37,20 +39,26 @@ class DGMPlugin(SupervisedPlugin):
         return {} if self.gradient_masking is None else self.gradient_masking.masks
 
     def before_training_exp(self, strategy: Any, **kwargs: Any) -> None:
-        """Pick the layers on first use; refresh at the start of every experience."""
+        """Pick the layers on first use, follow them by name into a replaced model after that; mask
+        at every step of the strategy's optimizer, refreshing at the start of every experience."""
         if self.gradient_masking is None:
             self.tdm = self.tdm or preceding_tdm(strategy, self)
             if self.tdm is not None:
                 params = self.tdm.dynamic_sparsity.params
             else:
-                all_params = dict(strategy.model.named_parameters())
                 names = default_sparse_weights(strategy.model, lambda: probe_forward(strategy))
-                params = {name: all_params[name] for name in names}
+                params = parameters_named(strategy.model, names)
             self.gradient_masking = GradientMasking(params, self.gradient_sparsity, self.refresh_every)
+        elif self.tdm is None:
+            self.gradient_masking.params = parameters_named(strategy.model, self.gradient_masking.params)
+        else:
+            self.gradient_masking.params = dict(self.tdm.dynamic_sparsity.params)
+        self.step_hooks.follow(strategy.optimizer)
         self.gradient_masking.start_experience()
 
-    def after_backward(self, strategy: Any, **kwargs: Any) -> None:
-        """Mask the gradients, after TDM has read them for CWI and zeroed the pruned ones."""
+    def _mask_gradients_at_step(self) -> None:
+        """Mask the gradients the optimizer is about to apply: after TDM read them for CWI and
+        zeroed the pruned ones, and after every other plugin edited them (GEM, A-GEM)."""
         weight_masks = None
         mask_changed = False
         if self.tdm is not None:
@@ -58,6 +66,18 @@ class DGMPlugin(SupervisedPlugin):
             mask_changed = len(self.tdm.dynamic_sparsity.history) != self.seen_mask_updates
             self.seen_mask_updates = len(self.tdm.dynamic_sparsity.history)
         self.gradient_masking.apply(weight_masks, refresh=mask_changed)
+
+
+def parameters_named(model: torch.nn.Module, names: Any) -> dict[str, torch.nn.Parameter]:
+    """The model's parameters with the given names, found by name (the model may have been replaced)."""
+    current = dict(model.named_parameters())
+    missing = [name for name in names if name not in current]
+    if missing:
+        raise ValueError(
+            f"the model no longer has the gradient-masked parameters {', '.join(missing)}: DGM follows "
+            "its layers by parameter name, so the model may be replaced but must keep those names"
+        )
+    return {name: current[name] for name in names}
 
 
 def preceding_tdm(strategy: Any, dgm: DGMPlugin) -> TDMPlugin | None:

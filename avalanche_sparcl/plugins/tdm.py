@@ -10,6 +10,7 @@ from avalanche.core import SupervisedPlugin
 
 from avalanche_sparcl.plugins.probe import probe_forward
 from avalanche_sparcl.sparse.dynamic import DynamicSparsity, TDMSettings
+from avalanche_sparcl.sparse.step_hooks import OptimizerStepHooks
 from avalanche_sparcl.validation import reject_unknown_options
 
 
@@ -30,6 +31,7 @@ class TDMPlugin(SupervisedPlugin):
         reject_unknown_options("TDMPlugin", set(options) - accepted, accepted)
         self.settings = TDMSettings(sparsity=sparsity, **options)
         self.dynamic_sparsity: DynamicSparsity | None = None
+        self.step_hooks = OptimizerStepHooks(self._mask_gradients_at_step, self._mask_weights_at_step)
 
     @property
     def masks(self) -> dict[str, torch.Tensor]:
@@ -37,12 +39,21 @@ class TDMPlugin(SupervisedPlugin):
         return {} if self.dynamic_sparsity is None else self.dynamic_sparsity.masks
 
     def before_training_exp(self, strategy: Any, **kwargs: Any) -> None:
-        """Build the masks on first use, then expand them for the new experience."""
+        """Build the masks on first use (else follow a replaced model), then expand them for the new
+        experience; enforce the masks at every step of the strategy's optimizer."""
         if self.dynamic_sparsity is None:
             self.dynamic_sparsity = DynamicSparsity.for_model(
                 strategy.model, self.settings, lambda: probe_forward(strategy)
             )
+        else:
+            self.dynamic_sparsity.bind(strategy.model)
+        self.step_hooks.follow(strategy.optimizer)
         self.dynamic_sparsity.start_experience(strategy.train_epochs, strategy.optimizer)
+
+    def before_training_epoch(self, strategy: Any, **kwargs: Any) -> None:
+        """Zero the pruned weights: plugins may have written weights when the experience started
+        (FromScratchTrainingPlugin copies the initial ones back)."""
+        self.dynamic_sparsity.mask_weights()
 
     def before_training_iteration(self, strategy: Any, **kwargs: Any) -> None:
         """Run the mask update the schedule has due at this iteration."""
@@ -53,15 +64,24 @@ class TDMPlugin(SupervisedPlugin):
             strategy.optimizer,
         )
 
-    def after_backward(self, strategy: Any, **kwargs: Any) -> None:
-        """Feed CWI with the unmasked gradients, then zero those of pruned weights."""
-        self.dynamic_sparsity.observe_gradients()
-        self.dynamic_sparsity.mask_gradients()
+    def before_forward(self, strategy: Any, **kwargs: Any) -> None:
+        """Re-zero pruned weights a state_dict load revived (early stopping restores its best state)."""
+        self.dynamic_sparsity.mask_weights_if_written()
 
-    def after_update(self, strategy: Any, **kwargs: Any) -> None:
-        """Re-zero pruned weights after the optimizer step."""
-        self.dynamic_sparsity.mask_weights()
+    def after_backward(self, strategy: Any, **kwargs: Any) -> None:
+        """Feed CWI with this step's gradients, before anything masks them."""
+        self.dynamic_sparsity.observe_gradients()
 
     def after_training_exp(self, strategy: Any, **kwargs: Any) -> None:
-        """End at the target sparsity even if the experience was too short for its shrink."""
+        """End at the target sparsity even if the experience was too short for its shrink, with the
+        pruned weights zero whatever ran last (a final early-stopping restore)."""
         self.dynamic_sparsity.finish_experience(strategy.optimizer)
+        self.dynamic_sparsity.mask_weights()
+
+    def _mask_gradients_at_step(self) -> None:
+        """Zero the gradients of pruned weights after every other plugin edited them (GEM, A-GEM)."""
+        self.dynamic_sparsity.mask_gradients()
+
+    def _mask_weights_at_step(self) -> None:
+        """Re-zero pruned weights, so momentum or weight decay never revive them."""
+        self.dynamic_sparsity.mask_weights()

@@ -1,9 +1,11 @@
 """TDM's engine: owns the masks of one model, their importance and the update schedule.
 
 Framework-free (like rigl-torch's ``RigLScheduler``): a plain training loop or an Avalanche plugin
-drives it with four calls, ``start_experience``, ``step`` (before each iteration),
-``observe_gradients`` + ``mask_gradients`` (after backward) and ``mask_weights`` (after the
-optimizer step).
+drives it with ``start_experience``, ``step`` (before each iteration), ``observe_gradients``
+(after backward), ``mask_gradients`` (right before the optimizer step, after anything else that edits
+gradients) and ``mask_weights`` (after the optimizer step, and after anything else that writes
+weights: ``mask_weights_if_written`` notices a ``load_state_dict``). ``bind`` follows the masked
+parameters by name when the training loop replaces the model.
 """
 
 from __future__ import annotations
@@ -118,6 +120,7 @@ class DynamicSparsity:
         self.schedule = ExperienceSchedule([])
         self.experience = -1
         self.history: list[MaskUpdateRecord] = []
+        self.masked_versions: list[int] = []
         self.mask_weights()
 
     @classmethod
@@ -131,6 +134,33 @@ class DynamicSparsity:
         all_params = dict(model.named_parameters())
         names = default_sparse_weights(model, run_forward)
         return cls({n: all_params[n] for n in names}, dict.fromkeys(names, settings.sparsity), settings)
+
+    def bind(self, model: nn.Module) -> bool:
+        """Follow the masked parameters by name into ``model``; returns whether any tensor changed.
+
+        Strategies may replace the model (GDumb trains a fresh copy every experience) or its
+        parameters; the masks carry over to the new tensors, whose pruned weights are zeroed.
+        """
+        current = dict(model.named_parameters())
+        missing = [name for name in self.params if name not in current]
+        if missing:
+            raise ValueError(
+                f"the model no longer has the masked parameters {', '.join(missing)}: SparCL keeps its "
+                "masks by parameter name, so the model may be replaced but must keep those names"
+            )
+        changed = [name for name, param in self.params.items() if current[name] is not param]
+        for name in changed:
+            if current[name].shape != self.masks[name].shape:
+                raise ValueError(
+                    f"masked parameter {name!r} changed shape from {tuple(self.masks[name].shape)} to "
+                    f"{tuple(current[name].shape)}: SparCL keeps one mask per weight and cannot follow "
+                    "a layer that grows; leave it dense (a profile without it)"
+                )
+            self.params[name] = current[name]  # in place: the importance reads the same mapping
+        self._follow_parameter_devices()
+        if changed:
+            self.mask_weights()
+        return bool(changed)
 
     def start_experience(self, n_epochs: int, optimizer: torch.optim.Optimizer | None = None) -> None:
         """Restart the schedule and CWI window, and expand each layer by ``expand_ratio``."""
@@ -185,6 +215,15 @@ class DynamicSparsity:
     def mask_weights(self) -> None:
         """Zero pruned weights, so momentum or weight decay never revive them."""
         torch._foreach_mul_(list(self.params.values()), [self.masks[name] for name in self.params])
+        self.masked_versions = [param._version for param in self.params.values()]
+
+    def mask_weights_if_written(self) -> bool:
+        """Zero pruned weights again if anything wrote to the masked weights since they were last
+        masked (a ``load_state_dict``, as early stopping does); a check of version counters only."""
+        if [param._version for param in self.params.values()] == self.masked_versions:
+            return False
+        self.mask_weights()
+        return True
 
     def kept(self) -> dict[str, int]:
         """Kept weights per masked layer."""

@@ -28,12 +28,15 @@ ProfileLike = Mapping[str, float] | str | os.PathLike
 
 CONVOLUTIONS = nn.modules.conv._ConvNd
 MASKABLE_MODULES = (nn.Linear, CONVOLUTIONS)
+NORMALISATION_MODULES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 
 
 def execution_order(model: nn.Module, run_forward: Callable[[], Any]) -> list[tuple[str, nn.Module]]:
     """Convolution and Linear modules in the order ``run_forward`` first passes through them.
 
-    The forward runs in eval mode without gradients, so BatchNorm statistics are left untouched.
+    The forward runs in training mode, as training will (iCaRL's model, for one, answers only in
+    training mode before its first experience), with normalisation layers in eval mode so their
+    statistics stay untouched, without gradients and without drawing from the global random streams.
     """
     order: list[tuple[str, nn.Module]] = []
     seen: set[int] = set()
@@ -52,9 +55,13 @@ def execution_order(model: nn.Module, run_forward: Callable[[], Any]) -> list[tu
         if isinstance(module, MASKABLE_MODULES)
     ]
     training_modes = {name: module.training for name, module in model.named_modules()}
+    devices = [param.device for param in model.parameters() if param.is_cuda][:1]
     try:
-        model.eval()
-        with torch.no_grad():
+        model.train()
+        for module in model.modules():
+            if isinstance(module, NORMALISATION_MODULES):
+                module.eval()
+        with torch.no_grad(), torch.random.fork_rng(devices=devices):
             run_forward()
     finally:
         for handle in handles:
@@ -64,6 +71,12 @@ def execution_order(model: nn.Module, run_forward: Callable[[], Any]) -> list[tu
     return order
 
 
+def parameter_names(model: nn.Module) -> dict[int, str]:
+    """Each parameter object's name as ``named_parameters`` gives it: a weight shared by two
+    modules has one name, the first module's."""
+    return {id(param): name for name, param in model.named_parameters()}
+
+
 def default_sparse_weights(model: nn.Module, run_forward: Callable[[], Any]) -> list[str]:
     """Names of the weights TDM masks by default, in execution order (see the module docstring).
 
@@ -71,11 +84,13 @@ def default_sparse_weights(model: nn.Module, run_forward: Callable[[], Any]) -> 
     hidden Linear layers are masked only when no convolution past the input layer exists.
     """
     order = execution_order(model, run_forward)
-    names = [f"{name}.weight" for name, module in order[1:] if isinstance(module, CONVOLUTIONS)]
-    if not names:
+    chosen = [module for _, module in order[1:] if isinstance(module, CONVOLUTIONS)]
+    if not chosen:
         linear_positions = [i for i, (_, module) in enumerate(order) if isinstance(module, nn.Linear)]
         hidden = set(linear_positions[:-1]) - {0}
-        names = [f"{name}.weight" for i, (name, _) in enumerate(order) if i in hidden]
+        chosen = [module for i, (_, module) in enumerate(order) if i in hidden]
+    weight_names = parameter_names(model)
+    names = list(dict.fromkeys(weight_names[id(module.weight)] for module in chosen))
     if not names:
         seen = ", ".join(name for name, _ in order) or "none"
         raise ValueError(

@@ -1,0 +1,244 @@
+"""SparCL inside stock Avalanche strategies, plugins and models: the invariants checked on the tensors.
+
+Every run carries an :class:`InvariantAudit` listed after SparCL's plugins (strategies append their own
+plugins, GEM's and A-GEM's projections included, after the user's). It checks what the strategy really
+trains with, on the model the strategy holds at that moment:
+
+- before every forward pass and at the end of every experience, each pruned weight is exactly zero;
+- after every optimizer step, no pruned weight received a gradient, and with DGM no weight outside
+  the gradient mask did.
+"""
+
+from collections import Counter
+
+import pytest
+import torch
+from avalanche.core import SupervisedPlugin
+from avalanche.evaluation.metrics import accuracy_metrics
+from avalanche.training import AGEM, GEM, GDumb, ICaRL, Naive
+from avalanche.training.plugins import EarlyStoppingPlugin, EvaluationPlugin, FromScratchTrainingPlugin
+from torch import nn
+
+from avalanche_sparcl import SparCLPlugin
+from avalanche_sparcl.models import SmallCNN
+
+
+class InvariantAudit(SupervisedPlugin):
+    """Counts zeros where SparCL's masks say there must be zeros, on the strategy's current model."""
+
+    def __init__(self, sparcl: SparCLPlugin):
+        super().__init__()
+        self.sparcl = sparcl
+        self.checks: Counter[str] = Counter()
+
+    def before_forward(self, strategy, **kwargs):
+        self.check_weights(strategy, "forward")
+
+    def after_update(self, strategy, **kwargs):
+        params = dict(strategy.model.named_parameters())
+        for name, mask in self.sparcl.masks.items():
+            revived = int((params[name].grad[~mask] != 0).sum())
+            assert revived == 0, f"{revived} pruned weights of {name} got a gradient at the step"
+        for name, selected in self.sparcl.gradient_masks.items():
+            outside = int((params[name].grad[~selected] != 0).sum())
+            assert outside == 0, f"{outside} gradients of {name} outside DGM's mask were applied"
+        self.check_weights(strategy, "step")
+
+    def after_training_exp(self, strategy, **kwargs):
+        self.check_weights(strategy, "experience")
+
+    def check_weights(self, strategy, where):
+        params = dict(strategy.model.named_parameters())
+        assert self.sparcl.masks, "no masks"
+        for name, mask in self.sparcl.masks.items():
+            revived = int((params[name].detach()[~mask] != 0).sum())
+            assert revived == 0, f"{where}: {revived} pruned weights of {name} are non-zero"
+        self.checks[where] += 1
+
+
+def quiet_evaluator(*metrics):
+    return EvaluationPlugin(*metrics, loggers=[])
+
+
+def sgd(model):
+    return torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+
+
+def tdm_and_dgm(**options):
+    """TDM and DGM (DDR off), the parts every strategy below must keep exact."""
+    return SparCLPlugin(sparsity=0.8, removal_ratio=0, gradient_sparsity=0.3, **options)
+
+
+@pytest.mark.parametrize("strategy_class", [GEM, AGEM])
+def test_gradient_projection_strategies_apply_only_masked_gradients(strategy_class, digits_benchmark):
+    """GEM and A-GEM project the gradients in their own after_backward, after SparCL's hooks."""
+    torch.manual_seed(0)
+    model = SmallCNN(width=8)
+    sparcl = tdm_and_dgm()
+    audit = InvariantAudit(sparcl)
+    memory = {"memory_strength": 0.5} if strategy_class is GEM else {"sample_size": 64}
+    strategy = strategy_class(
+        model=model,
+        optimizer=sgd(model),
+        criterion=nn.CrossEntropyLoss(),
+        patterns_per_exp=64,
+        train_mb_size=64,
+        train_epochs=2,
+        plugins=[sparcl, audit],
+        evaluator=quiet_evaluator(),
+        **memory,
+    )
+    for experience in digits_benchmark.train_stream[:2]:
+        strategy.train(experience)
+    # Split Digits' first two experiences: 272 and 270 examples, 5 minibatches of 64 per epoch
+    assert audit.checks == {"forward": 20, "step": 20, "experience": 2}
+
+
+def test_gdumb_trains_its_fresh_model_sparse(digits_benchmark):
+    """GDumb replaces strategy.model by a copy of the initial model at every experience."""
+    torch.manual_seed(0)
+    model = SmallCNN()
+    sparcl = tdm_and_dgm()
+    audit = InvariantAudit(sparcl)
+    strategy = GDumb(
+        model=model,
+        optimizer=sgd(model),
+        criterion=nn.CrossEntropyLoss(),
+        mem_size=200,
+        train_mb_size=64,
+        train_epochs=2,
+        plugins=[sparcl, audit],
+        evaluator=quiet_evaluator(),
+    )
+    models = []
+    for experience in digits_benchmark.train_stream[:2]:
+        strategy.train(experience)
+        models.append(strategy.model)
+    assert models[0] is not models[1]
+    params = dict(strategy.model.named_parameters())
+    assert all(sparcl.tdm.dynamic_sparsity.params[name] is params[name] for name in sparcl.masks)
+    # GDumb trains on its buffer, full (200 examples) from the first experience: 4 minibatches of 64
+    assert audit.checks == {"forward": 16, "step": 16, "experience": 2}
+
+
+def icarl_parts():
+    feature_extractor = nn.Sequential(
+        nn.Conv2d(1, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(16, 32, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(32, 32, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+    )
+    return feature_extractor, nn.Linear(32, 10)
+
+
+def test_icarl_trains_sparse(digits_benchmark):
+    """iCaRL's model answers only in training mode before its first class means exist."""
+    torch.manual_seed(0)
+    feature_extractor, classifier = icarl_parts()
+    sparcl = tdm_and_dgm()
+    audit = InvariantAudit(sparcl)
+    strategy = ICaRL(
+        feature_extractor=feature_extractor,
+        classifier=classifier,
+        optimizer=torch.optim.SGD([*feature_extractor.parameters(), *classifier.parameters()], lr=0.05),
+        memory_size=100,
+        buffer_transform=None,
+        fixed_memory=True,
+        train_mb_size=64,
+        train_epochs=2,
+        plugins=[sparcl, audit],
+        evaluator=quiet_evaluator(),
+    )
+    for experience in digits_benchmark.train_stream[:2]:
+        strategy.train(experience)
+    assert sorted(sparcl.masks) == ["feature_extractor.2.weight", "feature_extractor.4.weight"]
+    # iCaRL adds its 100 exemplars to the second experience's 270 examples: 6 minibatches
+    assert audit.checks == {"forward": 10 + 12, "step": 10 + 12, "experience": 2}
+
+
+def test_early_stopping_restore_leaves_pruned_weights_zero(digits_benchmark):
+    """EarlyStopping restores a state_dict saved before TDM's later mask updates."""
+    torch.manual_seed(0)
+    model = SmallCNN()
+    sparcl = tdm_and_dgm()
+    audit = InvariantAudit(sparcl)
+    never_better = EarlyStoppingPlugin(patience=2, val_stream_name="test", margin=1.0, verbose=False)
+    strategy = Naive(
+        model=model,
+        optimizer=sgd(model),
+        train_mb_size=64,
+        train_epochs=6,
+        eval_every=1,
+        plugins=[sparcl, never_better, audit],
+        evaluator=quiet_evaluator(accuracy_metrics(stream=True)),
+    )
+    test_stream = digits_benchmark.test_stream
+    restores = Counter()
+    load_state_dict = model.load_state_dict
+    model.load_state_dict = lambda state, **options: (restores.update(["load"]), load_state_dict(state))[1]
+    strategy.train(digits_benchmark.train_stream[0], eval_streams=[test_stream[:1]])
+    assert restores == {"load": 1}
+    assert audit.checks["experience"] == 1
+    # stopped before the third epoch: 2 epochs of 5 minibatches
+    assert audit.checks["step"] == 10
+
+
+def test_from_scratch_training_starts_every_experience_sparse(digits_benchmark):
+    """FromScratchTrainingPlugin copies the dense initial weights back when an experience starts."""
+    torch.manual_seed(0)
+    model = SmallCNN()
+    sparcl = tdm_and_dgm()
+    audit = InvariantAudit(sparcl)
+    strategy = Naive(
+        model=model,
+        optimizer=sgd(model),
+        train_mb_size=64,
+        train_epochs=1,
+        plugins=[sparcl, FromScratchTrainingPlugin(), audit],
+        evaluator=quiet_evaluator(),
+    )
+    for experience in digits_benchmark.train_stream[:3]:
+        strategy.train(experience)
+    assert audit.checks == {"forward": 15, "step": 15, "experience": 3}
+
+
+class TiedCNN(nn.Module):
+    """Two convolutions share one weight (as weight-tied or recurrent blocks do)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(1, 16, 3, padding=1)
+        self.block = nn.Conv2d(16, 16, 3, padding=1)
+        self.block_again = nn.Conv2d(16, 16, 3, padding=1)
+        self.block_again.weight = self.block.weight
+        self.head = nn.Linear(16, 10)
+
+    def forward(self, x):
+        out = torch.relu(self.stem(x))
+        out = torch.relu(self.block(out))
+        out = torch.relu(self.block_again(out))
+        return self.head(out.mean(dim=(2, 3)))
+
+
+def test_shared_weights_are_masked_once_under_their_first_name(digits_benchmark):
+    torch.manual_seed(0)
+    model = TiedCNN()
+    sparcl = tdm_and_dgm()
+    audit = InvariantAudit(sparcl)
+    strategy = Naive(
+        model=model,
+        optimizer=sgd(model),
+        train_mb_size=64,
+        train_epochs=1,
+        plugins=[sparcl, audit],
+        evaluator=quiet_evaluator(),
+    )
+    strategy.train(digits_benchmark.train_stream[0])
+    assert list(sparcl.masks) == ["block.weight"]
+    assert int((~sparcl.masks["block.weight"]).sum()) == round(16 * 16 * 9 * 0.8)
+    assert model.block_again.weight is model.block.weight
+    assert audit.checks == {"forward": 5, "step": 5, "experience": 1}
