@@ -15,11 +15,32 @@ import pytest
 import torch
 from avalanche.core import SupervisedPlugin
 from avalanche.evaluation.metrics import accuracy_metrics
-from avalanche.training import AGEM, GEM, GDumb, ICaRL, Naive
-from avalanche.training.plugins import EarlyStoppingPlugin, EvaluationPlugin, FromScratchTrainingPlugin
+from avalanche.models import IncrementalClassifier, MultiHeadClassifier, MultiTaskModule
+from avalanche.training import (
+    AGEM,
+    DER,
+    ER_ACE,
+    EWC,
+    GEM,
+    MIR,
+    GDumb,
+    GSS_greedy,
+    ICaRL,
+    LwF,
+    Naive,
+    SynapticIntelligence,
+)
+from avalanche.training.plugins import (
+    EarlyStoppingPlugin,
+    EvaluationPlugin,
+    FromScratchTrainingPlugin,
+    ReplayPlugin,
+)
 from torch import nn
 
 from avalanche_sparcl import SparCLPlugin
+from avalanche_sparcl.benchmarks import split_digits
+from avalanche_sparcl.metrics import flops_metrics, sparsity_metrics
 from avalanche_sparcl.models import SmallCNN
 
 
@@ -242,3 +263,137 @@ def test_shared_weights_are_masked_once_under_their_first_name(digits_benchmark)
     assert int((~sparcl.masks["block.weight"]).sum()) == round(16 * 16 * 9 * 0.8)
     assert model.block_again.weight is model.block.weight
     assert audit.checks == {"forward": 5, "step": 5, "experience": 1}
+
+
+# ----------------------------------------------------------------------------- the matrix
+class FeaturesCNN(nn.Module):
+    """Stem, two masked convolutions, pooled features of 32 (a stand-in for any CNN backbone)."""
+
+    def __init__(self):
+        super().__init__()
+        self.layers = nn.Sequential(
+            nn.Conv2d(1, 16, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(16, 32, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(32, 32, 3, padding=1),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+        )
+
+    def forward(self, x):
+        return self.layers(x)
+
+
+class IncrementalHeadCNN(nn.Module):
+    """Avalanche's default for class-incremental models: a head that grows with every experience."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = FeaturesCNN()
+        self.classifier = IncrementalClassifier(32, initial_out_features=2)
+
+    def forward(self, x):
+        return self.classifier(self.features(x))
+
+
+class MultiHeadCNN(MultiTaskModule):
+    """One head per task, chosen by the task label (Task-IL)."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = FeaturesCNN()
+        self.classifier = MultiHeadClassifier(32, initial_out_features=2)
+
+    def forward_single_task(self, x, task_label):
+        return self.classifier(self.features(x), task_label)
+
+
+class MetricAudit(InvariantAudit):
+    """Also counts, independently of the metrics, the zeros the sparsity metrics must report."""
+
+    def __init__(self, sparcl):
+        super().__init__(sparcl)
+        self.weight_zeros = 0.0
+        self.gradient_zeros = [0, 0]
+
+    def before_training_epoch(self, strategy, **kwargs):
+        self.gradient_zeros = [0, 0]
+
+    def after_update(self, strategy, **kwargs):
+        super().after_update(strategy, **kwargs)
+        params = dict(strategy.model.named_parameters())
+        for name in self.sparcl.masks:
+            self.gradient_zeros[0] += int((params[name].grad == 0).sum())
+            self.gradient_zeros[1] += params[name].numel()
+
+    def after_training_epoch(self, strategy, **kwargs):
+        params = dict(strategy.model.named_parameters())
+        zeros = sum(int((params[name] == 0).sum()) for name in self.sparcl.masks)
+        self.weight_zeros = zeros / sum(params[name].numel() for name in self.sparcl.masks)
+
+
+def last_metric(strategy, prefix):
+    values = strategy.evaluator.get_last_metrics()
+    (name,) = [name for name in values if name.startswith(prefix + "/")]
+    return values[name]
+
+
+def train_audited(strategy_name, model, benchmark, epochs=3):
+    """Full SparCL (TDM, DDR, DGM) in a stock strategy with the sparsity and FLOPs metrics."""
+    torch.manual_seed(0)
+    sparcl = SparCLPlugin(sparsity=0.8, removal_ratio=0.3, gradient_sparsity=0.3)
+    audit = MetricAudit(sparcl)
+    strategy = STRATEGIES[strategy_name](
+        model=model,
+        optimizer=sgd(model),
+        criterion=nn.CrossEntropyLoss(),
+        train_mb_size=64,
+        train_epochs=epochs,
+        plugins=[sparcl, audit],
+        evaluator=quiet_evaluator(*sparsity_metrics(), *flops_metrics()),
+    )
+    for experience in benchmark.train_stream[:2]:
+        strategy.train(experience)
+    return strategy, sparcl, audit
+
+
+STRATEGIES = {
+    "naive": Naive,
+    "replay": lambda plugins, **options: Naive(plugins=[*plugins, ReplayPlugin(mem_size=100)], **options),
+    "der": lambda **options: DER(mem_size=100, batch_size_mem=32, **options),
+    "er_ace": lambda **options: ER_ACE(mem_size=100, batch_size_mem=32, **options),
+    "lwf": lambda **options: LwF(alpha=1.0, temperature=2.0, **options),
+    "ewc": lambda **options: EWC(ewc_lambda=1.0, **options),
+    "si": lambda **options: SynapticIntelligence(si_lambda=1.0, **options),
+    "mir": lambda **options: MIR(mem_size=100, subsample=50, batch_size_mem=32, **options),
+    "gem": lambda **options: GEM(patterns_per_exp=32, memory_strength=0.5, **options),
+    "agem": lambda **options: AGEM(patterns_per_exp=32, sample_size=32, **options),
+    "gss_greedy": lambda **options: GSS_greedy(mem_size=100, mem_strength=5, input_size=[1, 8, 8], **options),
+}
+
+
+@pytest.mark.parametrize("strategy_name", list(STRATEGIES))
+def test_full_sparcl_in_stock_strategies_keeps_every_invariant(strategy_name, digits_benchmark):
+    strategy, sparcl, audit = train_audited(strategy_name, SmallCNN(width=8), digits_benchmark)
+    assert audit.checks["step"] == strategy.clock.train_iterations
+    assert audit.checks["experience"] == 2
+    assert [record.stages != [] for record in sparcl.ddr.stage_counts] == [True, True]
+    assert last_metric(strategy, "WeightSparsity") == audit.weight_zeros
+    assert last_metric(strategy, "GradientSparsity") == audit.gradient_zeros[0] / audit.gradient_zeros[1]
+
+
+@pytest.mark.parametrize(
+    ("model_class", "task_labels"),
+    [(IncrementalHeadCNN, False), (MultiHeadCNN, True)],
+    ids=["incremental_head", "multi_head"],
+)
+def test_growing_and_multi_head_models_train_sparse_with_metrics(model_class, task_labels):
+    """The head changes between experiences: metrics and masks follow the model's layers."""
+    benchmark = split_digits(n_experiences=5, seed=0, return_task_id=task_labels)
+    strategy, sparcl, audit = train_audited("naive", model_class(), benchmark)
+    assert sorted(sparcl.masks) == ["features.layers.2.weight", "features.layers.4.weight"]
+    assert audit.checks["step"] == strategy.clock.train_iterations
+    assert last_metric(strategy, "WeightSparsity") == audit.weight_zeros
+    assert last_metric(strategy, "TrainFLOPs_Total") > 0
