@@ -9,15 +9,16 @@ import pytest
 import torch
 from avalanche.benchmarks import nc_benchmark
 from avalanche.benchmarks.utils import _make_taskaware_tensor_classification_dataset
+from avalanche.benchmarks.utils.data_loader import ReplayDataLoader
 from avalanche.core import SupervisedPlugin
-from avalanche.training import DER, ER_ACE, Naive, Replay
+from avalanche.training import DER, ER_ACE, Cumulative, GDumb, GSS_greedy, ICaRL, JointTraining, Naive, Replay
 from avalanche.training.plugins import ReplayPlugin
 from torch import nn
 
 from avalanche_sparcl import DDRPlugin
-from avalanche_sparcl.benchmarks import split_digits
+from avalanche_sparcl.benchmarks import split_digits, tensor_benchmark
 from avalanche_sparcl.models import SmallCNN
-from avalanche_sparcl.plugins.ddr import POSITION_ATTRIBUTE
+from avalanche_sparcl.plugins.ddr import POSITION_ATTRIBUTE, keep_only_positions, with_positions
 from avalanche_sparcl.plugins.tdm import TDMPlugin
 
 EPOCHS = 10
@@ -36,19 +37,23 @@ class MinibatchCounter(SupervisedPlugin):
         self.current = []  # [experience][epoch] -> current-experience samples seen
         self.replay = []
         self.data_fraction = []  # [experience][epoch] -> len(adapted_dataset) / len(experience.dataset)
+        self.iterations = []  # [experience][epoch] -> minibatches
         self.loader_rows = 0
 
     def before_training_exp(self, strategy, **kwargs):
         self.current.append([])
         self.replay.append([])
         self.data_fraction.append([])
+        self.iterations.append([])
 
     def before_training_epoch(self, strategy, **kwargs):
         self.current[-1].append(0)
         self.replay[-1].append(0)
+        self.iterations[-1].append(0)
 
     def before_training_iteration(self, strategy, **kwargs):
         positions = strategy.mbatch[-1]
+        self.iterations[-1][-1] += 1
         self.loader_rows = len(positions)
         self.current[-1][-1] += int((positions >= 0).sum())
         self.replay[-1][-1] += int((positions < 0).sum())
@@ -336,3 +341,192 @@ def test_bad_input_names_the_argument_and_its_range(arguments, message):
     with pytest.raises(ValueError) as error:
         DDRPlugin(**arguments)
     assert str(error.value) == message
+
+
+REMOVAL_HINT = "Set removal_ratio=0 in SparCLPlugin or drop DDRPlugin to train {0} without data removal."
+
+
+def refusal(name: str, other_data: str) -> str:
+    """The message DDRPlugin gives for a strategy whose training data is not the experience's."""
+    return (
+        f"DDRPlugin cannot be used with {name}: DDR removes examples of the experience being trained, "
+        f"while {name} trains on {other_data}. " + REMOVAL_HINT.format(name)
+    )
+
+
+def tiny_options(epochs: int = 3, batch: int = 10, inputs: int = 8, classes: int = 4) -> dict:
+    torch.manual_seed(0)
+    model = nn.Linear(inputs, classes)
+    return dict(
+        model=model,
+        optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+        criterion=nn.CrossEntropyLoss(),
+        train_mb_size=batch,
+        train_epochs=epochs,
+        evaluator=None,
+    )
+
+
+def test_gss_replay_survives_a_removal_stage(tensor_benchmark_factory):
+    """GSS builds its own ReplayDataLoader; the stage shrinks its current data and keeps the memory."""
+    benchmark = tensor_benchmark_factory(20, 4, 2, (8,))  # 2 experiences of 40 examples
+    counter, ddr = MinibatchCounter(), DDRPlugin(removal_ratio=0.3)
+    # 50 memory rows: GSS scores a whole minibatch (10 current + 32 memory rows) against its memory
+    strategy = GSS_greedy(mem_size=50, input_size=[8], plugins=[counter, ddr], **tiny_options())
+    for experience in benchmark.train_stream:
+        strategy.train(experience)
+    assert [record.stages[0].kept for record in ddr.stage_counts] == [28, 28]  # 12 of 40 removed at epoch 2
+    assert counter.current == [[40, 40, 28], [40, 40, 28]]
+    assert counter.iterations == [[4, 4, 3], [4, 4, 3]]  # minibatches of 10 current examples
+    # GSS's 50 memory rows in memory batches of 32: 32 and 18 in turn, cycled
+    assert counter.replay == [[0, 0, 0], [100, 100, 82]]
+
+
+def test_plain_dataloader_is_refused_at_the_first_epoch(tensor_benchmark_factory):
+    class PlainLoaderNaive(Naive):
+        def make_train_dataloader(self, **kwargs):
+            data = self.adapted_dataset
+            self.dataloader = torch.utils.data.DataLoader(data, batch_size=10, collate_fn=data.collate_fn)
+
+    epochs = []
+
+    class EpochCounter(SupervisedPlugin):
+        def before_training_epoch(self, strategy, **kwargs):
+            epochs.append(strategy.clock.train_exp_epochs)
+
+    benchmark = tensor_benchmark_factory(20, 4, 2, (8,))
+    strategy = PlainLoaderNaive(plugins=[DDRPlugin(), EpochCounter()], **tiny_options())
+    with pytest.raises(ValueError) as error:
+        strategy.train(benchmark.train_stream[0])
+    assert str(error.value) == (
+        "DDRPlugin removes examples from the train loader between epochs, which needs an Avalanche "
+        "MultiDatasetDataLoader (TaskBalancedDataLoader, ReplayDataLoader, ...); PlainLoaderNaive "
+        "trains from a DataLoader. Set removal_ratio=0 in SparCLPlugin or drop DDRPlugin to train it "
+        "without data removal."
+    )
+    assert epochs == []  # refused before the first epoch trained
+
+
+def test_a_stage_cuts_each_task_of_the_loader_and_keeps_the_memory():
+    """A two-task experience split by task in a ReplayDataLoader (per-task batch sizes): task 1 loses
+    every example, task 0 keeps 3 of 6, the memory stays; the epoch follows the longest kept task."""
+    tasks = [0] * 6 + [1] * 4
+    data = with_positions(
+        _make_taskaware_tensor_classification_dataset(torch.arange(10.0), torch.zeros(10), task_labels=tasks)
+    )
+    memory = _make_taskaware_tensor_classification_dataset(-torch.arange(1.0, 6.0), torch.zeros(5))
+    loader = ReplayDataLoader(data, memory, batch_size={0: 2, 1: 2}, batch_size_mem=2, shuffle=False)
+    assert [len(dataset) for dataset in loader.datasets] == [6, 4, 5]
+    assert len(loader) == 3
+    keep_only_positions(loader, torch.tensor([0, 2, 5]))
+    assert [len(dataset) for dataset in loader.datasets] == [3, 5]
+    assert loader.datasets[1] is memory
+    assert (loader.termination_dataset, len(loader), loader.batch_sizes) == (0, 2, [2, 2])
+    inputs = sorted(float(x) for minibatch in loader for x in minibatch[0] if x >= 0)
+    assert inputs == [0.0, 2.0, 5.0]
+
+
+class AdaptedDataBuffer(SupervisedPlugin):
+    """A user's buffer: stores the trained data read from ``strategy.adapted_dataset`` at the end of an
+    experience and replays it in the next one through Avalanche's ReplayDataLoader."""
+
+    def __init__(self):
+        super().__init__()
+        self.memory = None
+
+    def before_training_exp(self, strategy, **kwargs):
+        if self.memory is not None:
+            strategy.dataloader = ReplayDataLoader(
+                strategy.adapted_dataset,
+                self.memory,
+                oversample_small_tasks=True,
+                batch_size=10,
+                batch_size_mem=7,
+                shuffle=True,
+            )
+
+    def after_training_exp(self, strategy, **kwargs):
+        self.memory = strategy.adapted_dataset
+
+
+def test_a_buffer_reading_adapted_dataset_gets_untagged_kept_examples():
+    """Experience 1 is larger than experience 0, so tagged buffer rows would be scored as its examples."""
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.cat([torch.arange(2).repeat(10), torch.arange(2, 4).repeat(20)])  # 20 then 40 examples
+    inputs = torch.randn(len(labels), 8, generator=generator)
+    benchmark = tensor_benchmark((inputs, labels), (inputs, labels), 2, fixed_class_order=[0, 1, 2, 3])
+    observations = []
+
+    class StatisticsProbe(SupervisedPlugin):
+        def after_training_epoch(self, strategy, **kwargs):
+            observations.append(ddr.removal.statistics.observations.tolist())
+
+    buffer, ddr = AdaptedDataBuffer(), DDRPlugin(removal_ratio=0.3)
+    strategy = Naive(plugins=[buffer, ddr, StatisticsProbe()], **tiny_options())
+    strategy.train(benchmark.train_stream[0])
+    first = benchmark.train_stream[0].dataset
+    kept = [position for position in range(20) if position not in ddr.stage_counts[0].removed_positions]
+    assert len(buffer.memory) == len(kept) == 14
+    assert all(len(buffer.memory[row]) == 3 for row in range(14))  # x, y, task label: no position
+    assert input_keys(buffer.memory) == input_keys(first.subset(kept))
+    strategy.train(benchmark.train_stream[1])
+    # the first epoch of experience 1: each of its 40 examples scored once, the 4 minibatches' 28 buffer
+    # rows (7 each) only in the slot of rows that belong to no example
+    assert observations[3] == [1] * 40 + [28]
+
+
+def test_gdumb_is_refused_at_the_first_experience(tensor_benchmark_factory):
+    benchmark = tensor_benchmark_factory(20, 4, 2, (8,))
+    strategy = GDumb(mem_size=20, plugins=[DDRPlugin()], **tiny_options())
+    with pytest.raises(ValueError) as error:
+        strategy.train(benchmark.train_stream[0])
+    assert str(error.value) == refusal("GDumb", "other data (its buffer)")
+
+
+def test_icarl_is_refused_at_the_first_experience(tensor_benchmark_factory):
+    """iCaRL joins its exemplars to the experience's data, and the join drops DDR's positions."""
+    benchmark = tensor_benchmark_factory(20, 4, 2, (8,))
+    torch.manual_seed(0)
+    feature_extractor, classifier = nn.Sequential(nn.Linear(8, 16), nn.ReLU()), nn.Linear(16, 4)
+    parameters = [*feature_extractor.parameters(), *classifier.parameters()]
+    strategy = ICaRL(
+        feature_extractor=feature_extractor,
+        classifier=classifier,
+        optimizer=torch.optim.SGD(parameters, lr=0.1),
+        memory_size=20,
+        buffer_transform=None,
+        fixed_memory=True,
+        train_mb_size=10,
+        train_epochs=3,
+        evaluator=None,
+        plugins=[DDRPlugin()],
+    )
+    trained = []
+    with pytest.raises(ValueError) as error:
+        for experience in benchmark.train_stream:
+            strategy.train(experience)
+            trained.append(experience.current_experience)
+    assert trained == []
+    assert str(error.value) == refusal(
+        "ICaRL", "the experience's data joined with its exemplars, which loses DDR's example positions"
+    )
+
+
+def test_cumulative_is_refused_at_the_first_experience(tensor_benchmark_factory):
+    benchmark = tensor_benchmark_factory(20, 4, 2, (8,))
+    strategy = Cumulative(plugins=[DDRPlugin()], **tiny_options())
+    trained = []
+    with pytest.raises(ValueError) as error:
+        for experience in benchmark.train_stream:
+            strategy.train(experience)
+            trained.append(experience.current_experience)
+    assert trained == []
+    assert str(error.value) == refusal("Cumulative", "the data of every experience seen so far")
+
+
+def test_joint_training_is_refused(tensor_benchmark_factory):
+    benchmark = tensor_benchmark_factory(20, 4, 2, (8,))
+    strategy = JointTraining(plugins=[DDRPlugin()], **tiny_options())
+    with pytest.raises(ValueError) as error:
+        strategy.train(benchmark.train_stream)  # all experiences at once
+    assert str(error.value) == refusal("JointTraining", "the data of all experiences at once")

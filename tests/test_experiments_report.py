@@ -60,7 +60,8 @@ def test_table_has_mean_std_over_seeds_and_flops_ratio_to_dense(small_runs, tmp_
     assert 0.1 < ratio < 0.6
     assert sparse_row[3] == mean_std(sparse, "class_il_accuracy")
     assert sparse_row[7:] == [f"{ratio:.3f}", f"{sparse[0]['weight_sparsity']:.3f}", "1.000", "1"]
-    assert float(sparse_row[8]) == pytest.approx(0.75, abs=0.002)
+    # measured on the weights: the masked share plus regrown weights still at zero
+    assert 0.75 <= float(sparse_row[8]) < 0.76
     assert report.markdown_path.read_text().count(report.table) == 1
 
 

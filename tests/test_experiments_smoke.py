@@ -39,8 +39,10 @@ def test_shipped_config_runs_end_to_end_in_smoke_mode(tmp_path, path):
     flops = results["train_flops_after_experience"]
     assert len(flops) == SMOKE_EXPERIENCES and 0 < flops[0] < flops[1] == results["train_flops"]
     # the smoke SmallCNN (width 2) masks only conv2 (72 weights) and conv3 (144): rounding each
-    # layer's count to a whole weight moves the overall sparsity by up to (0.5 + 0.5) / 216
-    assert results["weight_sparsity"] == pytest.approx(config.sparsity, abs=1 / 216)
+    # layer's count to a whole weight moves the masked share by up to (0.5 + 0.5) / 216; the metric
+    # counts zero weights, so a few regrown weights still at zero (at most 1% of each layer's
+    # mutation, 1 + 2 weights here) come on top
+    assert config.sparsity - 1 / 216 <= results["weight_sparsity"] <= config.sparsity + 4 / 216
     if config.sparcl is not None and config.sparcl["removal_ratio"] > 0:
         assert results["kept_data"] < 1.0  # DDR removed data within the three smoke epochs
     else:

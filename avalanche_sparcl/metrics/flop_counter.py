@@ -14,9 +14,17 @@ Cost model (SparCL reference, "FLOPs model"; one multiply-add = 2 FLOPs):
   Bias additions are not matmul-like; FlopCounterMode ignores them too.
 - Everything else the model does (normalisation, activations, pooling, residual additions, a
   cross-entropy loss on its output): counted dense, one FLOP per element of the largest tensor an
-  op reads or writes; views, copies and allocations are free. The cost per sample is measured once
-  per input shape and mode on a throw-away copy of the model (two samples, forward and backward),
-  then multiplied by the samples each pass processes, so training pays no per-step dispatch cost.
+  op reads or writes; views, copies and allocations are free. The cost per sample is measured on a
+  copy of the model (two samples, forward and backward) taken the first time an input shape and mode
+  is seen with the current layers, and multiplied by the samples each pass processes, so training
+  pays no per-step dispatch cost and a pass keeps the cost of the model it ran on (a head that grows
+  later, a model replaced by a copy, change the cost of later passes only). The copy is measured
+  after the pass, when weight gradients are settled or FLOPs read: measuring inside the pass would run
+  the model's other hooks (a probe recording the layers it passes, say) on the copy.
+- A weight is named as ``model.named_parameters()`` names its Parameter, so a weight shared by two
+  layers reads one mask. A ``torch.compile`` wrapper is seen through: its original module
+  (``_orig_mod``) is hooked and copied, since compiled code hides its operations from the
+  measurement and the wrapper cannot be copied; the names stay the wrapper's, as the masks' are.
 - Not counted: matmul-like operations outside Conv/Linear modules (e.g. a functional
   ``F.linear``), the optimizer step, and anything while ``counting`` is off (evaluation).
 """
@@ -34,7 +42,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
 from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import flop_registry
 
@@ -125,6 +133,24 @@ def dense_multiply_adds_per_output(layer: nn.Module) -> int:
 DENSE = (1, 1)
 
 
+def original_module(model: nn.Module) -> nn.Module:
+    """The module a ``torch.compile`` wrapper runs (its ``_orig_mod``), else the model itself."""
+    while isinstance(getattr(model, "_orig_mod", None), nn.Module):
+        model = model._orig_mod
+    return model
+
+
+def counted_layers(model: nn.Module) -> dict[nn.Module, str]:
+    """Conv and Linear layers -> their weight's name in ``model.named_parameters()`` (matched by identity,
+    so layers sharing a weight share its name and mask); ``<layer name>.weight`` if it is no parameter."""
+    parameter_names = {id(param): name for name, param in model.named_parameters()}
+    return {
+        module: parameter_names.get(id(module.weight), f"{name}.weight")
+        for name, module in model.named_modules()
+        if isinstance(module, COUNTED_LAYERS)
+    }
+
+
 class TrainingFlopCounter:
     """Counts the training FLOPs of one model with forward hooks that read shapes only.
 
@@ -138,31 +164,48 @@ class TrainingFlopCounter:
         self.counting = False
         self.weight_kept: dict[str, tuple[int, int]] = {}
         self._handles: list[Any] = []
-        self._layer_names: dict[nn.Module, str] = {}
+        self._weight_names: dict[nn.Module, str] = {}
         self._multiply_adds: dict[nn.Module, int] = {}
         # (component, weight name, kept, numel) -> dense FLOPs; scaled by kept / numel on read.
         self._dense_flops: Counter[tuple[str, str, int, int]] = Counter()
         self._pending_weight_gradient: Counter[str] = Counter()
-        # (input signature, training mode) -> samples that went forward / backward
+        # Passes are keyed by (model version, input signature, dtype, training mode); the version
+        # changes when attach sees other layers, so passes on an older model keep their cost.
+        self._model_version = 0
         self._forward_samples: Counter[tuple] = Counter()
         self._backward_samples: Counter[tuple] = Counter()
-        self._examples: dict[tuple, tuple[tuple, dict]] = {}
+        # key -> forward and backward non-matmul FLOPs per sample
         self._other_per_sample: dict[tuple, tuple[float, float]] = {}
+        # key -> (copy of the model as the pass saw it, calibration inputs), until measured
+        self._unmeasured: dict[tuple, tuple[nn.Module, tuple, dict]] = {}
         self._calibrating = False
         self.attach(model)
 
+    def __deepcopy__(self, memo: dict) -> TrainingFlopCounter:
+        """A copied model carries copies of the hooks (GDumb copies its model every experience): the
+        copies must neither count nor measure, only the counter attached to the trained model does."""
+        clone = self.__class__.__new__(self.__class__)
+        memo[id(self)] = clone
+        clone.__dict__.update(copy.deepcopy(self.__dict__, memo))
+        clone.counting = False
+        return clone
+
     # ------------------------------------------------------------------ hooks
     def attach(self, model: nn.Module) -> None:
-        """Hook ``model`` (again, if its layers changed since the last call)."""
-        layers = {m: n for n, m in model.named_modules() if isinstance(m, COUNTED_LAYERS)}
-        if model is self.model and layers == self._layer_names:
+        """Hook ``model`` (again, if its layers changed since the last call).
+
+        Changed layers make the non-matmul cost per sample be measured again for the next passes;
+        the passes made so far keep the cost of the model they ran on.
+        """
+        layers = counted_layers(model)
+        if model is self.model and layers == self._weight_names:
             return
         self.detach()
         self.model = model
-        self._layer_names = layers
+        self._weight_names = layers
         self._multiply_adds = {m: dense_multiply_adds_per_output(m) for m in layers}
-        self._other_per_sample.clear()
-        self._examples.clear()
+        self._model_version += 1
+        # the wrapper of a compiled model runs eagerly: its hook can copy the original module
         self._handles.append(model.register_forward_hook(self._on_model_forward, with_kwargs=True))
         for layer in layers:
             self._handles.append(layer.register_forward_hook(self._on_layer_forward))
@@ -179,7 +222,7 @@ class TrainingFlopCounter:
     def _on_layer_forward(self, layer: nn.Module, inputs: tuple, output: Any) -> None:
         if not self._active() or not isinstance(output, Tensor):
             return
-        name = self._layer_names[layer] + ".weight"
+        name = self._weight_names[layer]
         counted = inputs[0] if getattr(layer, "transposed", False) else output
         dense = 2 * counted.numel() * self._multiply_adds[layer]
         kept, numel = self.weight_kept.get(name, DENSE)
@@ -213,24 +256,30 @@ class TrainingFlopCounter:
         if not tensors:
             return
         batch = tensors[0].shape[0] if tensors[0].dim() else 1
-        signature = (tuple(tensors[0].shape[1:]), tensors[0].dtype, model.training)
-        if signature not in self._examples and signature not in self._other_per_sample:
-            self._examples[signature] = calibration_inputs(args, kwargs, batch)
-        self._forward_samples[signature] += batch
+        training = original_module(model).training
+        key = (self._model_version, tuple(tensors[0].shape[1:]), tensors[0].dtype, training)
+        if key not in self._other_per_sample and key not in self._unmeasured:
+            self._snapshot(key, args, kwargs, batch)
+        self._forward_samples[key] += batch
         result = next((t for t in tree_leaves(output) if isinstance(t, Tensor)), None)
         if result is not None and result.requires_grad:
-            result.register_hook(partial(self._on_model_backward, signature, batch))
+            result.register_hook(partial(self._on_model_backward, key, batch))
 
-    def _on_model_backward(self, signature: tuple, batch: int, _grad: Tensor) -> None:
-        self._backward_samples[signature] += batch
+    def _on_model_backward(self, key: tuple, batch: int, _grad: Tensor) -> None:
+        self._backward_samples[key] += batch
 
     # --------------------------------------------------------------- results
     def settle_weight_gradients(self, gradient_kept: dict[str, tuple[int, int]]) -> None:
-        """Book the pending weight gradients with the kept fraction applied at this step."""
+        """Book the pending weight gradients with the kept fraction applied at this step.
+
+        Also measures the model copies of passes first seen since: this runs between steps, outside
+        any pass, and frees the copies early.
+        """
         for name, dense in self._pending_weight_gradient.items():
             kept, numel = gradient_kept.get(name, DENSE)
             self._dense_flops[("weight_gradient", name, kept, numel)] += dense
         self._pending_weight_gradient.clear()
+        self._measure_unmeasured()
 
     def per_layer(self) -> dict[str, FlopBreakdown]:
         """Matmul-like FLOPs booked so far, per weight name."""
@@ -246,11 +295,11 @@ class TrainingFlopCounter:
 
     def other_flops(self) -> float:
         """Dense FLOPs of the non-matmul operations of every counted pass."""
+        self._measure_unmeasured()
         total = 0.0
-        for signature in set(self._forward_samples) | set(self._backward_samples):
-            forward_cost, backward_cost = self._cost_per_sample(signature)
-            total += forward_cost * self._forward_samples[signature]
-            total += backward_cost * self._backward_samples[signature]
+        for key, samples in self._forward_samples.items():
+            forward_cost, backward_cost = self._other_per_sample[key]
+            total += forward_cost * samples + backward_cost * self._backward_samples[key]
         return total
 
     def breakdown(self) -> FlopBreakdown:
@@ -263,28 +312,50 @@ class TrainingFlopCounter:
         return result
 
     def reset(self) -> None:
-        """Forget all counts (hooks and calibrations stay)."""
+        """Forget all counts (hooks and the current model's calibrations stay)."""
         self._dense_flops.clear()
         self._pending_weight_gradient.clear()
         self._forward_samples.clear()
         self._backward_samples.clear()
+        current = self._model_version
+        self._other_per_sample = {key: c for key, c in self._other_per_sample.items() if key[0] == current}
+        self._unmeasured = {key: c for key, c in self._unmeasured.items() if key[0] == current}
 
     # ----------------------------------------------------------- calibration
-    def _cost_per_sample(self, signature: tuple) -> tuple[float, float]:
-        if signature not in self._other_per_sample:
-            self._other_per_sample[signature] = self._calibrate(signature)
-            self._examples.pop(signature, None)
-        return self._other_per_sample[signature]
-
-    def _calibrate(self, signature: tuple) -> tuple[float, float]:
-        """Forward and backward non-matmul FLOPs per sample, measured on a copy of the model."""
-        args, kwargs = self._examples[signature]
-        training = signature[-1]
-        self._calibrating = True
+    def _snapshot(self, key: tuple, args: tuple, kwargs: dict, batch: int) -> None:
+        """Copy the model as this pass sees it, with the pass's first sample, for measuring later."""
         try:
-            replica = copy.deepcopy(self.model).train(training)
-            devices = [t.device for t in tree_leaves(args) if isinstance(t, Tensor) and t.is_cuda]
-            with torch.random.fork_rng(devices=devices[:1]), torch.enable_grad():
+            with _disable_current_modes(), torch.inference_mode(False):
+                # the copy's hooks stay this counter's (idle while it measures): the counter is not copied
+                replica = copy.deepcopy(original_module(self.model), {id(self): self})
+                self._unmeasured[key] = (replica, *calibration_inputs(args, kwargs, batch))
+        except Exception as error:  # an uncopyable model must not stop training
+            warn_unmeasured(error)
+            self._other_per_sample[key] = (0.0, 0.0)
+
+    def _measure_unmeasured(self) -> None:
+        while self._unmeasured:
+            key, (replica, args, kwargs) = self._unmeasured.popitem()
+            self._other_per_sample[key] = self._calibrate(replica, args, kwargs, training=key[-1])
+
+    def _calibrate(
+        self, replica: nn.Module, args: tuple, kwargs: dict, training: bool
+    ) -> tuple[float, float]:
+        """Forward and backward non-matmul FLOPs per sample of a model copy.
+
+        Dispatch modes active around the call (a FlopCounterMode, say) are set aside, so they do not
+        see the copy's work and the measurement sees all of it.
+        """
+        self._calibrating = True
+        devices = [t.device for t in tree_leaves(args) if isinstance(t, Tensor) and t.is_cuda]
+        try:
+            replica.train(training)
+            with (
+                _disable_current_modes(),
+                torch.inference_mode(False),
+                torch.random.fork_rng(devices=devices[:1]),
+                torch.enable_grad(),
+            ):
                 with ElementwiseCostMode() as forward_cost:
                     loss = calibration_loss(replica(*args, **kwargs))
                 backward = 0
@@ -293,14 +364,18 @@ class TrainingFlopCounter:
                         loss.backward()
                     backward = backward_cost.flops
             return forward_cost.flops / CALIBRATION_SAMPLES, backward / CALIBRATION_SAMPLES
-        except Exception as error:  # an uncopyable model must not stop training
-            warnings.warn(
-                f"could not measure the non-matmul FLOPs of the model ({error!r}); counting them as 0",
-                stacklevel=2,
-            )
+        except Exception as error:  # a model that fails on the copied inputs must not stop training
+            warn_unmeasured(error)
             return 0.0, 0.0
         finally:
             self._calibrating = False
+
+
+def warn_unmeasured(error: Exception) -> None:
+    warnings.warn(
+        f"could not measure the non-matmul FLOPs of the model ({error!r}); counting them as 0",
+        stacklevel=3,
+    )
 
 
 def calibration_inputs(args: tuple, kwargs: dict, batch: int) -> tuple[tuple, dict]:

@@ -82,8 +82,9 @@ class TrainFlops(PluginMetric[float]):
         """Read the weight masks after the plugins updated them for this iteration."""
         self._refresh_weight_density(strategy)
 
-    def after_backward(self, strategy: SupervisedTemplate) -> None:
-        """Book this step's weight gradients with the gradient masks applied to them."""
+    def after_update(self, strategy: SupervisedTemplate) -> None:
+        """Book this step's weight gradients with the gradient masks applied to them: after the
+        optimizer step, as masks may be built or applied by a step pre-hook."""
         self._settle(strategy)
 
     def after_training_exp(self, strategy: SupervisedTemplate) -> MetricResult:

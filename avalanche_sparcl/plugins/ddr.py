@@ -4,12 +4,21 @@ Three Avalanche details are handled here, the algorithm lives in ``avalanche_spa
 
 - Which rows of a minibatch are which examples: the experience's training data gets a position data
   attribute; a collate function gives replay samples, which lack it, position -1 (never scored).
-- Removal between epochs: ``adapted_dataset`` is subset and the train loader rebuilt; a ``ReplayPlugin``
-  re-attaches its buffer to the new loader through its own ``before_training_exp`` (ER).
+  ``adapted_dataset`` is tagged only while the loaders are built (replay plugins build theirs from it
+  in ``before_training_exp``); from the first epoch on it is the untagged data again, so code reading
+  it (a user's buffer, metrics) never sees positions.
+- Removal between epochs: the train loader, whoever built it (the strategy, ReplayPlugin, GSS, ...),
+  is edited in place: each of its datasets that carries positions is cut to the kept examples, the
+  others (replay memory) stay, and the epoch length is recomputed as Avalanche's
+  ``MultiDatasetDataLoader`` computes it. ``adapted_dataset`` becomes the untagged kept examples.
 - The replay buffer reads only the kept examples: each storage policy's ``update`` is given a view of
   the experience with the removed examples left out (DER and ER fill it at the end of the
   experience). ER_ACE fills it when the experience starts, with all data; at every stage that update
   is redone from the state before it, with the kept examples, and ER_ACE's replay loader rebuilt.
+
+Strategies that train on other data than the experience being trained (Cumulative, JointTraining,
+GDumb, iCaRL), and train loaders that are not a ``MultiDatasetDataLoader``, are refused with a
+ValueError at the first experience, before it trains.
 """
 
 from __future__ import annotations
@@ -22,8 +31,9 @@ from typing import Any
 
 import torch
 from avalanche.benchmarks.utils.data_attribute import DataAttribute
+from avalanche.benchmarks.utils.data_loader import MultiDatasetDataLoader, _make_data_loader
 from avalanche.core import SupervisedPlugin
-from avalanche.training.plugins import ReplayPlugin
+from avalanche.training import Cumulative, ICaRL, JointTraining
 from avalanche.training.utils import cycle
 from torch import Tensor
 
@@ -40,6 +50,13 @@ POSITION_ATTRIBUTE = "ddr_position"
 
 NOT_FROM_EXPERIENCE = -1
 """Position given to minibatch rows that come from a replay buffer."""
+
+OTHER_TRAINING_DATA: dict[type, str] = {
+    Cumulative: "the data of every experience seen so far",
+    JointTraining: "the data of all experiences at once",
+    ICaRL: "the experience's data joined with its exemplars, which loses DDR's example positions",
+}
+"""Strategies known to train on more than the experience's data, with what they train on."""
 
 
 class DDRPlugin(SupervisedPlugin):
@@ -58,7 +75,8 @@ class DDRPlugin(SupervisedPlugin):
         super().__init__()
         reject_unknown_options("DDRPlugin", set(options), {"removal_ratio", "stages", "cutoff"})
         self.removal = DynamicDataRemoval(DDRSettings(removal_ratio, stages, cutoff))
-        self.full_dataset: Any = None  # the experience's tagged training data, before any removal
+        self.full_dataset: Any = None  # the experience's (untagged) training data, before any removal
+        self.loader_unchecked = False  # the experience's train loader is not checked yet
         self.minibatch_positions: Tensor | None = None
         self.experience_counter: int | None = None  # strategy.clock.train_exp_counter of the experience
         self.updated_at_start: list[BufferRefill] = []
@@ -75,21 +93,26 @@ class DDRPlugin(SupervisedPlugin):
         return self.removal.history
 
     def before_training(self, strategy: Any, **kwargs: Any) -> None:
-        """Route every replay buffer's update through the kept examples."""
+        """Refuse strategies known to train on other data; route every replay buffer's update through
+        the kept examples."""
+        for strategy_type, other_data in OTHER_TRAINING_DATA.items():
+            if isinstance(strategy, strategy_type):
+                raise incompatible_strategy(strategy, other_data)
         for policy in storage_policies(strategy):
             if not isinstance(policy.update, KeptExamplesUpdate):
                 policy.update = KeptExamplesUpdate(policy, policy.update, self)
 
     def after_train_dataset_adaptation(self, strategy: Any, **kwargs: Any) -> None:
-        """Tag the experience's training examples with their positions (all data is back)."""
-        n_examples = len(strategy.experience.dataset)
-        if len(strategy.adapted_dataset) != n_examples:
-            raise RuntimeError(
-                "DDRPlugin needs the adapted training data to be the experience's dataset, "
-                f"got {len(strategy.adapted_dataset)} examples for an experience of {n_examples}"
+        """Tag the experience's training examples with their positions (all data is back), for the
+        loaders built next."""
+        n_examples, n_adapted = len(strategy.experience.dataset), len(strategy.adapted_dataset)
+        if n_adapted != n_examples:
+            raise incompatible_strategy(
+                strategy, f"other data ({n_adapted} examples for an experience of {n_examples})"
             )
-        self.full_dataset = with_positions(strategy.adapted_dataset)
-        strategy.adapted_dataset = self.full_dataset
+        self.full_dataset = strategy.adapted_dataset
+        strategy.adapted_dataset = with_positions(self.full_dataset)
+        self.loader_unchecked = True
 
     def before_training_exp(self, strategy: Any, **kwargs: Any) -> None:
         """Schedule this experience's stages and restart the statistics."""
@@ -113,15 +136,17 @@ class DDRPlugin(SupervisedPlugin):
             self.warned_short = True
 
     def before_training_epoch(self, strategy: Any, **kwargs: Any) -> None:
-        """At a stage boundary, drop the easiest examples and rebuild the loaders around the rest."""
+        """At the first epoch, check the final loader and untag ``adapted_dataset``; at a stage
+        boundary, drop the easiest examples from the loader and the buffers."""
+        if self.loader_unchecked:
+            check_train_loader(strategy)
+            strategy.adapted_dataset = self.full_dataset
+            self.loader_unchecked = False
         kept = self.removal.remove_due(strategy.clock.train_exp_epochs)
         if kept is None:
             return
         strategy.adapted_dataset = self.full_dataset.subset(kept.tolist())
-        strategy.make_train_dataloader(**kwargs)
-        for plugin in strategy.plugins:
-            if isinstance(plugin, ReplayPlugin):
-                plugin.before_training_exp(strategy, **kwargs)
+        keep_only_positions(strategy.dataloader, kept)
         for refill in self.updated_at_start:
             refill.redo_with_kept_examples(strategy)
 
@@ -171,6 +196,72 @@ def with_positions(dataset: Any) -> Any:
     if not isinstance(tagged.collate_fn, PositionCollate):
         tagged.collate_fn = PositionCollate(tagged.collate_fn)
     return tagged
+
+
+def carries_positions(dataset: Any) -> bool:
+    """Whether ``dataset`` holds examples of the experience being trained, tagged by DDR."""
+    return isinstance(getattr(dataset, POSITION_ATTRIBUTE, None), DataAttribute)
+
+
+def incompatible_strategy(strategy: Any, other_data: str) -> ValueError:
+    """The refusal for a strategy that trains on other data than the examples DDR removes from."""
+    name = type(strategy).__name__
+    return ValueError(
+        f"DDRPlugin cannot be used with {name}: DDR removes examples of the experience being trained, "
+        f"while {name} trains on {other_data}. Set removal_ratio=0 in SparCLPlugin or drop DDRPlugin "
+        f"to train {name} without data removal."
+    )
+
+
+def check_train_loader(strategy: Any) -> None:
+    """The experience's final train loader must be one DDR can cut down and must read its tagged data."""
+    loader = strategy.dataloader
+    if not isinstance(loader, MultiDatasetDataLoader):
+        raise ValueError(
+            "DDRPlugin removes examples from the train loader between epochs, which needs an Avalanche "
+            "MultiDatasetDataLoader (TaskBalancedDataLoader, ReplayDataLoader, ...); "
+            f"{type(strategy).__name__} trains from a {type(loader).__name__}. Set removal_ratio=0 in "
+            "SparCLPlugin or drop DDRPlugin to train it without data removal."
+        )
+    if not any(carries_positions(dataset) for dataset in loader.datasets):
+        raise incompatible_strategy(strategy, "other data (its buffer)")
+
+
+def keep_only_positions(loader: MultiDatasetDataLoader, kept_positions: Tensor) -> None:
+    """Cut each of the loader's tagged datasets to the kept examples, leaving the others (replay
+    memory) as they are, and recompute the epoch length as ``MultiDatasetDataLoader`` does: from the
+    longest of the experience's datasets (the termination dataset ReplayDataLoader picks)."""
+    experience_parts: list[int] = []
+    datasets, batch_sizes = [], []
+    for dataset, batch_size in zip(loader.datasets, loader.batch_sizes, strict=True):
+        if carries_positions(dataset):
+            positions = torch.as_tensor(list(getattr(dataset, POSITION_ATTRIBUTE)))
+            rows = torch.isin(positions, kept_positions).nonzero().flatten().tolist()
+            if not rows:
+                continue  # a task all of whose examples are removed: an empty sampler cannot be built
+            dataset = dataset.subset(rows)
+            experience_parts.append(len(datasets))
+        datasets.append(dataset)
+        batch_sizes.append(batch_size)
+    loader.datasets, loader.batch_sizes = datasets, batch_sizes
+    loader._persistent_loader = None  # its workers iterate the old datasets
+    if loader.never_ending:
+        return
+    iterations = [
+        len(
+            _make_data_loader(
+                datasets[part],
+                loader.distributed_sampling,
+                loader.loader_kwargs,
+                batch_sizes[part],
+                force_no_workers=True,
+            )[0]
+        )
+        for part in experience_parts
+    ]
+    longest = max(range(len(iterations)), key=iterations.__getitem__)
+    loader.termination_dataset = experience_parts[longest]
+    loader.n_iterations = iterations[longest]
 
 
 def storage_policies(strategy: Any) -> list[Any]:
