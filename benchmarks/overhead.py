@@ -63,7 +63,8 @@ class StepTimer(SupervisedPlugin):
         if len(history) != self._mask_updates:
             self._kind = "mask update"
             self._mask_updates = len(history)
-        elif self.sparcl.dgm.gradient_masking.iterations % self.sparcl.dgm.refresh_every == 1:
+        elif self.sparcl.dgm.gradient_masking.iterations % self.sparcl.dgm.refresh_every == 0:
+            # DGM refreshes at this step's optimizer step, which comes after backward
             self._kind = "gradient-mask refresh"
 
 
