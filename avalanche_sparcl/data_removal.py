@@ -16,6 +16,10 @@ epoch, so every removal window spans at least ``MIN_WINDOW_EPOCHS`` (2) epochs: 
 at epoch 2 or later and consecutive stages are at least 2 epochs apart. With one-epoch windows no
 event could ever happen and the mean loss alone would rank the examples. An experience of fewer
 than ``MIN_WINDOW_EPOCHS + 1`` epochs therefore removes nothing.
+
+DDR never removes the last example of a class: the hardest kept example of each class it has observed
+(by the label seen in ``observe``) stays, so any ``removal_ratio`` in [0, 1) trains on every class of
+the experience to its end, and near 1 the ratio is a ceiling (0.999 keeps one example per class).
 """
 
 from __future__ import annotations
@@ -29,6 +33,9 @@ from torch import Tensor
 
 from avalanche_sparcl.validation import check_fraction, check_positive_int
 
+UNKNOWN_LABEL = -1
+"""Label recorded for an example DDR has not observed yet."""
+
 MIN_WINDOW_EPOCHS = 2
 """Fewest epochs a removal window spans: a forgetting event needs two observations of an example,
 and each example is observed once per epoch."""
@@ -36,16 +43,21 @@ and each example is observed once per epoch."""
 
 @dataclass(frozen=True)
 class DDRSettings:
-    """DDR hyperparameters; defaults are the paper setting (30% removed in 4 stages by epoch 20 of 50)."""
+    """DDR hyperparameters; defaults are the paper setting (30% removed in 4 stages by epoch 20 of 50).
+
+    ``removal_ratio`` in [0, 1) is the share of the experience's examples removed by the cutoff, at
+    most: the hardest example of each class is always kept (see the module docstring).
+    """
 
     removal_ratio: float = 0.3
     stages: int = 4
     cutoff: float = 0.4
 
     def __post_init__(self) -> None:
-        check_fraction("removal_ratio", self.removal_ratio)
-        check_positive_int("stages", self.stages)
-        check_fraction("cutoff", self.cutoff, include_low=False, include_high=True)
+        object.__setattr__(self, "removal_ratio", check_fraction("removal_ratio", self.removal_ratio))
+        object.__setattr__(self, "stages", check_positive_int("stages", self.stages))
+        cutoff = check_fraction("cutoff", self.cutoff, include_low=False, include_high=True)
+        object.__setattr__(self, "cutoff", cutoff)
 
 
 @dataclass(frozen=True)
@@ -102,11 +114,14 @@ class ForgettingStatistics:
     """Per-example forgetting events and mean loss over one window of training (SparCL Sec. 4.2).
 
     All updates are vectorised scatters over the minibatch's positions, on the logits' device.
+    ``labels`` holds each example's label as last observed (-1: never observed); unlike the window's
+    statistics it outlives ``reset``.
     """
 
     def __init__(self, n_examples: int, device: torch.device | str = "cpu"):
         self.n_examples = n_examples
         self.device = torch.device(device)
+        self.labels = torch.full((n_examples + 1,), UNKNOWN_LABEL, dtype=torch.long, device=self.device)
         self.reset()
 
     def reset(self) -> None:
@@ -138,6 +153,7 @@ class ForgettingStatistics:
         self.observations.index_add_(0, positions, torch.ones_like(positions))
         self.loss_sum.index_add_(0, positions, losses)
         self.last_correct[positions] = correct
+        self.labels[positions] = labels.long()
 
     def difficulty_keys(self, positions: Tensor) -> tuple[Tensor, Tensor]:
         """(forgetting score, mean loss) of each position; never correct in the window scores +inf."""
@@ -163,7 +179,8 @@ class ForgettingStatistics:
 
     def _move_to(self, device: torch.device) -> None:
         self.device = device
-        for name in ("forgetting_events", "correct_count", "observations", "loss_sum", "last_correct"):
+        kept_on_device = ("forgetting_events", "correct_count", "observations", "loss_sum", "last_correct")
+        for name in (*kept_on_device, "labels"):
             setattr(self, name, getattr(self, name).to(device))
 
 
@@ -172,6 +189,28 @@ def select_easiest(statistics: ForgettingStatistics, candidates: Tensor, count: 
     if not 0 <= count <= len(candidates):
         raise ValueError(f"count must be in [0, {len(candidates)}], got {count}")
     return torch.sort(statistics.easiest_first(candidates)[:count]).values
+
+
+def select_removable(statistics: ForgettingStatistics, candidates: Tensor, count: int) -> Tensor:
+    """Up to ``count`` of ``candidates``, the easiest ones, sparing the hardest candidate of each
+    label (examples never observed share one label); sorted by position.
+
+    Fewer than ``count`` come back when the rest are the last of their class.
+    """
+    ordered = statistics.easiest_first(candidates)
+    removable = ordered[~last_of_each_label(statistics.labels[ordered])]
+    return torch.sort(removable[:count]).values
+
+
+def last_of_each_label(labels: Tensor) -> Tensor:
+    """Bool mask of the last occurrence of each distinct value of ``labels``."""
+    _, group = torch.unique(labels, return_inverse=True)
+    order = torch.arange(len(labels), device=labels.device)
+    last = torch.full((len(labels),), -1, dtype=torch.long, device=labels.device)
+    last = last.scatter_reduce(0, group, order, reduce="amax")
+    is_last = torch.zeros(len(labels), dtype=torch.bool, device=labels.device)
+    is_last[last[last >= 0]] = True
+    return is_last
 
 
 @dataclass(frozen=True)
@@ -233,13 +272,14 @@ class DynamicDataRemoval:
         self.statistics.observe(positions, logits, labels)
 
     def remove_due(self, epoch: int) -> Tensor | None:
-        """Run the stage scheduled before ``epoch``, if any: drop the easiest kept examples, restart the
-        statistics, and return the new kept positions (sorted); None when no stage is due."""
+        """Run the stage scheduled before ``epoch``, if any: drop the easiest kept examples, but never
+        the last of a class, restart the statistics, and return the new kept positions (sorted); None
+        when no stage is due."""
         due = [stage for stage in self.schedule if stage.epoch == epoch]
         if not due:
             return None
         count = sum(stage.count for stage in due)
-        removed = select_easiest(self.statistics, self.kept_positions, count).cpu()
+        removed = select_removable(self.statistics, self.kept_positions, count).cpu()
         self.kept_positions = self.kept_positions[~torch.isin(self.kept_positions, removed)]
         self.statistics.reset()
         self.current.stages.append(

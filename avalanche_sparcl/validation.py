@@ -1,10 +1,31 @@
-"""Argument checks shared by the plugins: every rejection names the argument and its accepted range."""
+"""Argument checks shared by the plugins: every rejection names the argument and its accepted range.
+
+Numbers are any ``numbers.Real`` (NumPy scalars included) and integers any ``numbers.Integral``, but
+never a bool: ``removal_ratio=False`` is a typo far more often than a ratio of 0. Checked values come
+back as plain Python ``float`` / ``int``, so settings, checkpoints and results hold no NumPy types.
+"""
 
 from __future__ import annotations
 
 import difflib
 import math
+import numbers
 from collections.abc import Iterable
+from typing import Any
+
+import yaml
+
+from avalanche_sparcl.reproducibility import MAX_SEED
+
+
+def is_real(value: Any) -> bool:
+    """Whether ``value`` is a real number (NumPy scalars included) and not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def is_integer(value: Any) -> bool:
+    """Whether ``value`` is an integer (NumPy integers included) and not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def check_fraction(
@@ -18,21 +39,87 @@ def check_fraction(
 ) -> float:
     """Return ``value`` as a float if it lies in the stated interval, else raise ValueError."""
     interval = f"{'[' if include_low else '('}{low:g}, {high:g}{']' if include_high else ')'}"
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if not is_real(value):
         raise ValueError(f"{name} must be a number in {interval}, got {value!r}")
-    value = float(value)
-    above_low = value >= low if include_low else value > low
-    below_high = value <= high if include_high else value < high
-    if math.isnan(value) or not (above_low and below_high):
-        raise ValueError(f"{name} must be in {interval}, got {value!r}")
-    return value
+    try:
+        number = float(value)
+    except OverflowError:  # an integer beyond float's range lies outside every interval
+        raise ValueError(f"{name} must be in {interval}, got {value!r}") from None
+    above_low = number >= low if include_low else number > low
+    below_high = number <= high if include_high else number < high
+    if math.isnan(number) or not (above_low and below_high):
+        raise ValueError(f"{name} must be in {interval}, got {number!r}")
+    return number
+
+
+def check_non_negative(name: str, value: float) -> float:
+    """Return ``value`` as a float if it is a finite number >= 0, else raise ValueError."""
+    if not is_real(value) or not value >= 0 or math.isinf(value):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return float(value)
 
 
 def check_positive_int(name: str, value: int) -> int:
-    """Return ``value`` if it is an integer >= 1, else raise ValueError."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    """Return ``value`` as an int if it is an integer >= 1, else raise ValueError."""
+    if not is_integer(value) or value < 1:
         raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    return int(value)
+
+
+def check_seed(name: str, value: int) -> int:
+    """Return ``value`` as an int if every generator accepts it as a seed (NumPy's [0, MAX_SEED])."""
+    if not is_integer(value) or not 0 <= value <= MAX_SEED:
+        raise ValueError(f"{name} must be an integer in [0, {MAX_SEED}], got {value!r}")
+    return int(value)
+
+
+def check_choice(name: str, value: Any, choices: Iterable[str]) -> str:
+    """Return ``value`` if it is one of ``choices``, else raise ValueError listing them."""
+    choices = list(choices)
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
     return value
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader refusing a key given twice in one mapping, at any depth.
+
+    PyYAML silently keeps the last of two equal keys, so a setting repeated lower down a file would
+    override the first one unseen; the YAML spec requires keys to be unique anyway. Keys brought in
+    by a merge (``<<: *anchor``) may still be overridden.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        first_marks: dict[Any, yaml.Mark] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = first_marks.setdefault(key, key_node.start_mark)
+            except TypeError:  # an unhashable key: the base loader reports it
+                continue
+            if first is not key_node.start_mark:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping",
+                    node.start_mark,
+                    f"duplicate key {key!r} (first given on line {first.line + 1})",
+                    key_node.start_mark,
+                )
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml(text: str) -> Any:
+    """Parse YAML safely, refusing duplicate keys; raises ``yaml.YAMLError``."""
+    return yaml.load(text, Loader=UniqueKeyLoader)
+
+
+def describe_yaml_error(error: yaml.YAMLError) -> str:
+    """'not valid YAML (line L, column C): problem', for a message that names the file first."""
+    mark = getattr(error, "problem_mark", None)
+    where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+    return f"not valid YAML{where}: {problem}"
 
 
 def close_matches_hint(name: str, candidates: Iterable[str], n: int = 3, cutoff: float = 0.6) -> str:

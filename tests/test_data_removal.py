@@ -283,3 +283,52 @@ def test_removed_examples_stay_removed_and_statistics_restart_each_stage():
     assert (record.experience, record.n_examples, record.kept) == (7, 10, 5)
     # a larger position has a larger margin for its label, so a lower loss: the easiest go first
     assert [stage.removed_positions for stage in record.stages] == [(8, 9), (5, 6, 7)]
+
+
+def observe_margins(removal: DynamicDataRemoval, labels: torch.Tensor, margins: torch.Tensor) -> None:
+    """One epoch over the kept examples, each correct with the given margin for its label."""
+    kept = removal.kept_positions
+    logits = torch.zeros(len(kept), 3)
+    logits[torch.arange(len(kept)), labels[kept]] = margins[kept]
+    removal.observe(kept, logits, labels[kept])
+
+
+def test_a_ratio_near_one_keeps_exactly_the_hardest_example_of_each_class():
+    removal = DynamicDataRemoval(DDRSettings(removal_ratio=0.999, stages=1))
+    labels = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2])
+    margins = torch.tensor([3.0, 1.0, 2.0, 5.0, 4.0, 6.0, 0.5, 2.5, 1.5])  # lowest margin: hardest
+    assert removal.start_experience(0, 9, n_epochs=3) == [RemovalStage(2, 9)]
+    for epoch in range(3):
+        removal.remove_due(epoch)
+        observe_margins(removal, labels, margins)
+    assert removal.kept_positions.tolist() == [1, 4, 6]
+    assert [(stage.removed, stage.kept) for stage in removal.current.stages] == [(6, 3)]
+
+
+def test_examples_never_observed_form_one_group_so_one_is_always_kept():
+    removal = DynamicDataRemoval(DDRSettings(removal_ratio=0.999, stages=1))
+    removal.start_experience(0, 5, n_epochs=3)
+    assert removal.remove_due(2).tolist() == [4]  # unobserved ones tie: the last position ranks hardest
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    labels=st.lists(st.integers(0, 4), min_size=1, max_size=40),
+    removal_ratio=st.floats(0, 1, exclude_max=True),
+    stages=st.integers(1, 4),
+    n_epochs=st.integers(3, 9),
+    seed=st.integers(0, 2**16),
+)
+def test_every_class_keeps_an_example_whatever_the_ratio(labels, removal_ratio, stages, n_epochs, seed):
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.tensor(labels)
+    removal = DynamicDataRemoval(DDRSettings(removal_ratio, stages, cutoff=1.0))
+    removal.start_experience(0, len(labels), n_epochs)
+    for epoch in range(n_epochs):
+        removal.remove_due(epoch)
+        kept = removal.kept_positions
+        removal.observe(kept, torch.randn(len(kept), 5, generator=generator), labels[kept])
+    assert set(labels[removal.kept_positions].tolist()) == set(labels.tolist())
+    removed = len(labels) - len(removal.kept_positions)
+    assert removed <= removal_target(len(labels), removal_ratio)
+    assert removed == min(removal_target(len(labels), removal_ratio), len(labels) - len(set(labels.tolist())))

@@ -107,10 +107,10 @@ def test_every_update_hits_its_exact_count(
         ({"expand_ratio": -0.01}, "expand_ratio must be in [0, 0.75], got -0.01"),
         ({"expand_ratio": 0.8}, "expand_ratio must be in [0, 0.75], got 0.8"),
         ({"mutate_ratio": 0.3}, "mutate_ratio must be in [0, 0.25], got 0.3"),
-        ({"update_every": 0}, "update_every must be in (0, 1], got 0.0"),
+        ({"update_every": 0}, "update_every must be in [0.001, 1], got 0.0"),
         ({"freeze_at": 1.5}, "freeze_at must be in (0, 1], got 1.5"),
         ({"importance_lambda": -1}, "importance_lambda must be a finite number >= 0, got -1"),
-        ({"seed": 1.5}, "seed must be an integer, got 1.5"),
+        ({"seed": 1.5}, "seed must be an integer in [0, 4294967295], got 1.5"),
         ({"regrow": "magnitude"}, "regrow must be one of random, gradient, got 'magnitude'"),
         (
             {"profile": {"a.weight": 0.5}, "mutate_ratio": 0.6},

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import json
+import re
 import statistics
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image
 
 from avalanche_sparcl.experiments.cli import main
-from avalanche_sparcl.experiments.config import ConfigError, load_config
+from avalanche_sparcl.experiments.config import ConfigError, ExperimentConfig, load_config
+from avalanche_sparcl.experiments.fingerprint import fingerprint, run_identity
 from avalanche_sparcl.experiments.report import TABLE_HEADER, write_report
-from avalanche_sparcl.experiments.runner import RunOptions, run_experiment
+from avalanche_sparcl.experiments.runner import RunOptions, method_label, run_experiment
 
 BASE = Path(__file__).resolve().parents[1] / "experiments" / "configs" / "base" / "split_digits.yaml"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -114,3 +118,249 @@ def test_marked_sections_are_appended_replaced_and_kept(tmp_path):
     kept = "\n<!-- claim: start -->\n## Claim\n\nnew numbers\n<!-- claim: end -->\n"
     assert kept_section(page, "claim") == kept
     assert kept_section(tmp_path / "absent.md", "claim") == ""
+
+
+# Fake run folders: results.json files as the runner writes them, with made-up numbers, so grouping,
+# labels and errors are tested without training.
+
+
+def write_config(folder: Path, file_name: str, body: str) -> ExperimentConfig:
+    """A real config extending the Split Digits base, loaded (and validated) like `sparcl-bench run` does."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / file_name
+    path.write_text(f"extends: {BASE}\n{body}")
+    return load_config(path)
+
+
+def fake_results(
+    config: ExperimentConfig, seed: int, smoke: bool = False, accuracy: float = 0.5, flops: float = 1e9
+) -> dict[str, Any]:
+    """A results.json as the runner writes it, identity and fingerprint included."""
+    identity = run_identity(config, smoke)
+    rows = 2 if smoke else config.benchmark["n_experiences"]
+    matrix = [[accuracy] * config.benchmark["n_experiences"] for _ in range(rows)]
+    return {
+        "name": config.name,
+        "method": method_label(config),
+        "method_kind": config.method_kind,
+        "benchmark": config.benchmark["name"],
+        "strategy": config.training["strategy"],
+        "buffer_size": config.training["buffer_size"],
+        "sparsity": config.sparsity,
+        "seed": seed,
+        "smoke": smoke,
+        "device": "cpu",
+        "config_path": str(config.path),
+        "config": config.to_dict(),
+        "identity": identity,
+        "fingerprint": fingerprint(identity),
+        "class_il_accuracy": accuracy,
+        "task_il_accuracy": accuracy,
+        "class_il_forgetting": 0.1,
+        "task_il_forgetting": 0.1,
+        "accuracy_matrix": {"class_il": matrix, "task_il": matrix},
+        "train_flops": flops,
+        "train_flops_after_experience": [flops],
+        "train_iterations": 10,
+        "wall_time_s": 1.0,
+        "train_time_s": 1.0,
+        "weight_sparsity": config.sparsity,
+        "kept_data": 1.0,
+        "curves": {
+            "weight_sparsity": {"iterations": [0, 10], "values": [config.sparsity] * 2},
+            "kept_data": {"iterations": [], "values": []},
+        },
+    }
+
+
+def legacy(results: dict[str, Any]) -> dict[str, Any]:
+    """The same results as written before runs carried an identity."""
+    return {key: value for key, value in results.items() if key not in ("identity", "fingerprint")}
+
+
+def write_run(runs_dir: Path, results: dict[str, Any], prefix: str = "") -> Path:
+    """``<runs>/[<prefix>/]<benchmark>/<name>/seed_<seed>/results.json``, as the runner lays it out."""
+    run_dir = runs_dir / prefix / results["benchmark"] / results["name"] / f"seed_{results['seed']}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / "results.json"
+    path.write_text(json.dumps(results, indent=2))
+    return path
+
+
+@pytest.fixture
+def two_configs(tmp_path):
+    """Dense DER++ and SparCL-DER++ 0.75, buffer 50."""
+    common = "training: {strategy: der, buffer_size: 50, epochs: 1}\n"
+    dense = write_config(tmp_path / "configs", "dense.yaml", common)
+    sparse = write_config(tmp_path / "configs", "sparse.yaml", common + "sparcl: {sparsity: 0.75}\n")
+    return dense, sparse
+
+
+def methods(table: str) -> list[str]:
+    """The method column of every row, in order."""
+    return [line.split("|")[2].strip() for line in table.splitlines()[2:]]
+
+
+def test_the_same_run_copied_into_two_folders_is_refused_naming_both(two_configs, tmp_path, capsys):
+    dense, _ = two_configs
+    first = write_run(tmp_path / "runs", fake_results(dense, 0), "a")
+    second = write_run(tmp_path / "runs", fake_results(dense, 0), "b")
+    write_run(tmp_path / "runs", fake_results(dense, 1), "b")
+    short = fingerprint(run_identity(dense, False))[:12]
+    message = f"{first} and {second}: the same run (fingerprint {short}, seed 0) twice"
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        write_report(tmp_path / "runs", tmp_path / "out")
+    assert main(["report", str(tmp_path / "runs"), "--out", str(tmp_path / "out")]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"sparcl-bench: error: {first} and {second}") and error.count("\n") == 1
+
+
+def test_configs_sharing_a_name_or_a_method_label_are_separate_rows(tmp_path):
+    common = "training: {strategy: der, buffer_size: 50, epochs: 1}\n"
+    dense = write_config(tmp_path / "configs", "dense.yaml", common)
+    dense_long = write_config(tmp_path / "configs", "dense_long.yaml", common.replace("1}", "3}"))
+    # two different files both named "sparse", with the same method label
+    sparse = write_config(tmp_path / "one", "sparse.yaml", common + "sparcl: {sparsity: 0.75}\n")
+    sparse_other = write_config(
+        tmp_path / "two", "sparse.yaml", common + "sparcl: {sparsity: 0.75, removal_ratio: 0.5}\n"
+    )
+    runs_dir = tmp_path / "runs"
+    write_run(runs_dir, fake_results(dense, 0, flops=2e9))
+    write_run(runs_dir, fake_results(dense_long, 0, flops=6e9))
+    write_run(runs_dir, fake_results(sparse, 0, accuracy=0.4, flops=1e9), "one")
+    write_run(runs_dir, fake_results(sparse, 1, accuracy=0.6, flops=1e9), "one")
+    write_run(runs_dir, fake_results(sparse_other, 0, accuracy=0.9, flops=1e9), "two")
+    report = write_report(runs_dir, tmp_path / "out")
+
+    first_label = f"SparCL-DER++ 0.75 [sparse {fingerprint(run_identity(sparse, False))[:8]}]"
+    other_label = f"SparCL-DER++ 0.75 [sparse {fingerprint(run_identity(sparse_other, False))[:8]}]"
+    assert sorted(methods(report.table)) == sorted(
+        ["DER++ [dense]", "DER++ [dense_long]", first_label, other_label]
+    )
+    first = table_row(report.table, first_label)
+    assert first[3] == "50.00 +- 14.14" and first[-1] == "2"
+    other = table_row(report.table, other_label)
+    assert other[3] == "90.00 +- 0.00" and other[-1] == "1"
+    assert table_row(report.table, "DER++ [dense_long]")[-1] == "1"
+    assert len([path for path in report.plot_paths if path.parent.name == "accuracy_matrix"]) == 4
+
+
+def test_smoke_runs_are_never_merged_with_real_runs(two_configs, tmp_path):
+    dense, sparse = two_configs
+    runs_dir = tmp_path / "runs"
+    write_run(runs_dir, fake_results(dense, 0, accuracy=0.8, flops=4e9))
+    write_run(runs_dir, fake_results(sparse, 0, accuracy=0.7, flops=1e9))
+    write_run(runs_dir, fake_results(dense, 0, smoke=True, accuracy=0.1, flops=2e6), "smoke")
+    report = write_report(runs_dir, tmp_path / "out")
+    assert methods(report.table) == ["DER++", "SparCL-DER++ 0.75", "DER++ (smoke)"]
+    assert table_row(report.table, "DER++")[3:] == [
+        "80.00 +- 0.00", "80.00 +- 0.00", "10.00 +- 0.00", "4 G", "1.000", "0.000", "1.000", "1"
+    ]
+    # the sparse run is compared with the real dense run, not with the smoke one
+    assert table_row(report.table, "SparCL-DER++ 0.75")[7] == "0.250"
+    assert table_row(report.table, "DER++ (smoke)")[3] == "10.00 +- 0.00"
+    assert "accuracy_matrix/split_digits__dense__smoke.png" in report.markdown_path.read_text()
+
+
+def test_results_without_fingerprint_are_grouped_by_their_config_and_smoke_flag(tmp_path):
+    common = "training: {strategy: der, buffer_size: 50, epochs: 1}\n"
+    dense = write_config(tmp_path / "one", "dense.yaml", common)
+    dense_other = write_config(tmp_path / "two", "dense.yaml", common.replace("1}", "2}"))
+    runs_dir = tmp_path / "runs"
+    write_run(runs_dir, legacy(fake_results(dense, 0, accuracy=0.2)), "one")
+    write_run(runs_dir, legacy(fake_results(dense, 1, accuracy=0.4)), "one")
+    write_run(runs_dir, legacy(fake_results(dense_other, 0, accuracy=0.9)), "two")
+    write_run(runs_dir, legacy(fake_results(dense, 0, smoke=True)), "smoke")
+    report = write_report(runs_dir, tmp_path / "out")
+    rows = methods(report.table)
+    assert len(rows) == 3 and rows[-1] == "DER++ (smoke)"
+    assert all(re.fullmatch(r"DER\+\+ \[dense [0-9a-f]{8}\]", row) for row in rows[:2])
+    assert sorted(line.split("|")[4].strip() for line in report.table.splitlines()[2:4]) == [
+        "30.00 +- 14.14",
+        "90.00 +- 0.00",
+    ]
+    # a copy of an old run is a duplicate too
+    copy = write_run(runs_dir, legacy(fake_results(dense, 1, accuracy=0.4)), "copy")
+    with pytest.raises(ConfigError, match=f"^{re.escape(str(copy))} and "):
+        write_report(runs_dir, tmp_path / "out")
+
+
+def test_unfinished_runs_are_listed_in_the_report(two_configs, tmp_path):
+    dense, sparse = two_configs
+    runs_dir = tmp_path / "runs"
+    finished = write_run(runs_dir, fake_results(dense, 0)).parent
+    (finished / "checkpoint.pkl").write_bytes(b"last checkpoint, kept after the run finished")
+    interrupted = runs_dir / "split_digits" / "sparse" / "seed_0"
+    interrupted.mkdir(parents=True)
+    (interrupted / "checkpoint.pkl").write_bytes(b"not a real checkpoint")
+    started = runs_dir / "smoke" / "split_digits" / "sparse" / "seed_1"
+    started.mkdir(parents=True)
+    (started / "run.json").write_text("{}")
+    report = write_report(runs_dir, tmp_path / "out")
+    assert report.unfinished_runs == [started, interrupted]
+    text = report.markdown_path.read_text()
+    assert "## Unfinished runs (2, not in the table)" in text
+    assert f"- `{interrupted}`: checkpoint.pkl, no results.json" in text
+    assert f"- `{started}`: run.json, no results.json" in text
+    assert "2 unfinished" in text.splitlines()[2]
+    assert f"`{finished}`" not in text
+
+
+def test_only_unfinished_runs_is_a_user_error_that_names_them(tmp_path):
+    interrupted = tmp_path / "split_digits" / "sparse" / "seed_0"
+    interrupted.mkdir(parents=True)
+    (interrupted / "checkpoint.pkl").write_bytes(b"")
+    message = f"{tmp_path}: no results.json found; 1 unfinished run: {interrupted}"
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        write_report(tmp_path, tmp_path / "out")
+
+
+@pytest.mark.parametrize(
+    ("corrupt", "problem"),
+    [
+        (lambda text, results: text[: len(text) // 2], "not valid JSON (line"),
+        (lambda text, results: "[1, 2]", "not a JSON object"),
+        (lambda text, results: "\xff\xfe".encode("latin-1"), "not valid JSON (not UTF-8 text"),
+        (
+            lambda text, results: {k: v for k, v in results.items() if k not in ("train_flops", "seed")},
+            "missing keys seed, train_flops",
+        ),
+        (
+            lambda text, results: {**results, "class_il_accuracy": "high"},
+            "class_il_accuracy: expected a number, got 'high'",
+        ),
+        (lambda text, results: {**results, "curves": {}}, "curves: missing keys kept_data, weight_sparsity"),
+        (
+            lambda text, results: {**results, "identity": {**results["identity"], "smoke": True}},
+            "fingerprint does not match its identity",
+        ),
+        (
+            lambda text, results: {k: v for k, v in legacy(results).items() if k != "config"},
+            "missing keys config",
+        ),
+    ],
+    ids=[
+        "truncated",
+        "not-an-object",
+        "not-utf8",
+        "missing-keys",
+        "wrong-type",
+        "missing-nested-keys",
+        "edited-identity",
+        "no-fingerprint-and-no-config",
+    ],
+)
+def test_a_corrupted_results_json_is_a_one_line_user_error(two_configs, tmp_path, capsys, corrupt, problem):
+    dense, _ = two_configs
+    results = fake_results(dense, 0)
+    path = write_run(tmp_path / "runs", results)
+    broken = corrupt(path.read_text(), results)
+    if isinstance(broken, bytes):
+        path.write_bytes(broken)
+    else:
+        path.write_text(broken if isinstance(broken, str) else json.dumps(broken))
+    with pytest.raises(ConfigError, match=re.escape(f"{path}: {problem}")):
+        write_report(tmp_path / "runs", tmp_path / "out")
+    assert main(["report", str(tmp_path / "runs"), "--out", str(tmp_path / "out")]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"sparcl-bench: error: {path}: {problem}") and error.count("\n") == 1

@@ -153,3 +153,28 @@ def test_profile_file_without_prune_ratios_is_rejected(tmp_path):
     path.write_text("ratios: {a: 0.5}\n")
     with pytest.raises(ValueError, match="must hold a mapping 'prune_ratios"):
         load_profile(path)
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        (
+            "prune_ratios:\n  conv2.weight: 0.5\n  conv3.weight: [0.5\n",
+            "(line 4, column 1): expected ',' or ']', but got '<stream end>'",
+        ),
+        (
+            "prune_ratios: {conv2.weight: 0.5\n",
+            "(line 2, column 1): expected ',' or '}', but got '<stream end>'",
+        ),
+        (
+            "prune_ratios:\n  conv2.weight: 0.5\n  conv2.weight: 0.9\n",
+            "(line 3, column 3): duplicate key 'conv2.weight' (first given on line 2)",
+        ),
+    ],
+)
+def test_profile_file_that_is_not_valid_yaml_names_the_file_and_line(tmp_path, text, problem):
+    path = tmp_path / "p.yaml"
+    path.write_text(text)
+    with pytest.raises(ValueError) as error:
+        load_profile(path)
+    assert str(error.value) == f"profile file {str(path)!r} is not valid YAML {problem}"

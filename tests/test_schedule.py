@@ -4,7 +4,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from avalanche_sparcl.sparse.schedule import ExperienceSchedule, MaskUpdateKind, mask_updates
+from avalanche_sparcl.sparse.schedule import (
+    MIN_UPDATE_EVERY,
+    ExperienceSchedule,
+    MaskUpdateKind,
+    mask_updates,
+)
 
 
 def test_paper_setting_updates_every_5_epochs_until_45():
@@ -62,3 +67,16 @@ def test_updates_on_one_iteration_are_merged(iterations_per_epoch, expected):
         for iteration in range(iterations_per_epoch)
     ]
     assert [kind.value for kind in fired if kind] == expected
+
+
+@pytest.mark.parametrize("n_epochs", [1, 2, 50, 5000])
+def test_the_smallest_update_every_gives_at_most_1000_updates_whatever_the_epochs(n_epochs):
+    assert MIN_UPDATE_EVERY == 0.001
+    assert len(mask_updates(n_epochs, MIN_UPDATE_EVERY, 1.0)) == 999
+
+
+@pytest.mark.parametrize("update_every", [0.000001, 0.0005, 1.5])
+def test_update_every_outside_its_range_is_refused(update_every):
+    with pytest.raises(ValueError) as raised:
+        mask_updates(2, update_every, 1.0)
+    assert str(raised.value) == f"update_every must be in [0.001, 1], got {update_every!r}"

@@ -8,6 +8,7 @@ valid key, instead of failing hours later inside training.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +17,14 @@ from typing import Any, Literal
 import yaml
 
 from avalanche_sparcl.plugins import SparCLPlugin, TDMPlugin
-from avalanche_sparcl.validation import close_matches_hint
+from avalanche_sparcl.sparse.schedule import MIN_UPDATE_EVERY
+from avalanche_sparcl.validation import (
+    close_matches_hint,
+    describe_yaml_error,
+    is_integer,
+    is_real,
+    load_yaml,
+)
 
 
 class ConfigError(ValueError):
@@ -72,11 +80,11 @@ def choice_key(choices: tuple[str, ...], default: Any = REQUIRED) -> Key:
 
 
 def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+    return is_integer(value)
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
+    return is_real(value) and not math.isnan(value)
 
 
 def positive_int(value: Any) -> bool:
@@ -99,6 +107,19 @@ def open_fraction(value: Any) -> bool:
     return _is_number(value) and 0 < value <= 1
 
 
+def update_interval(value: Any) -> bool:
+    return _is_number(value) and MIN_UPDATE_EVERY <= value <= 1
+
+
+FOLDER_NAME = re.compile(r"[A-Za-z0-9._-]+")
+
+
+def is_folder_name(value: Any) -> bool:
+    """Whether ``value`` names exactly one folder below ``--out`` on every file system: no separator,
+    not '.' or '..' (a run must never write outside ``--out``)."""
+    return isinstance(value, str) and FOLDER_NAME.fullmatch(value) is not None and value not in (".", "..")
+
+
 def is_bool(value: Any) -> bool:
     return isinstance(value, bool)
 
@@ -116,7 +137,11 @@ def choices_text(choices: tuple[str, ...] | list[str]) -> str:
 
 
 TOP_LEVEL = {
-    "name": Key("a non-empty string (defaults to the file name)", is_text, None),
+    "name": Key(
+        "a plain folder name: letters, digits, '.', '_' and '-', not '.' or '..' (defaults to the file name)",
+        is_folder_name,
+        None,
+    ),
     "description": Key("a string", lambda v: isinstance(v, str), ""),
     "benchmark": Key("a mapping", lambda v: isinstance(v, Mapping)),
     "model": Key("a mapping", lambda v: isinstance(v, Mapping)),
@@ -154,7 +179,9 @@ SPARCL_KEYS = {
     "importance_lambda": Key("a number >= 0", non_negative_number, None),
     "expand_ratio": Key("a number in [0, 1)", fraction, None),
     "mutate_ratio": Key("a number in [0, 1)", fraction, None),
-    "update_every": Key("a number in (0, 1] (fraction of the epochs)", open_fraction, None),
+    "update_every": Key(
+        f"a number in [{MIN_UPDATE_EVERY:g}, 1] (fraction of the epochs)", update_interval, None
+    ),
     "freeze_at": Key("a number in (0, 1] (fraction of the epochs)", open_fraction, None),
     "regrow": choice_key(REGROW_CHOICES, None),
     "stages": Key("an integer >= 1", positive_int, None),
@@ -174,7 +201,15 @@ SECTIONS = {
     "baseline": BASELINE_KEYS,
 }
 PATH_KEYS = {("sparcl", "profile"), ("baseline", "profile")}
-"""Keys holding paths, resolved against the folder of the file that sets them."""
+"""Keys holding paths, resolved against the folder of the file that sets them. They are read, never
+written; the only config value that names something written is ``name``, a plain folder name."""
+EMPTY_SECTION_HINTS = {
+    "sparcl": "write 'sparcl: {}' for the default SparCL settings, or leave the section out for a dense run",
+    "baseline": "give its method and sparsity, or leave the section out for a dense run",
+}
+"""Optional sections given with nothing under them are refused. YAML reads ``sparcl:`` as null (no
+section: a dense run) and ``sparcl: {}`` as SparCL with its defaults; the two are one blank apart and
+an unfinished edit looks like the first, so rather than guess, the error spells out both."""
 
 
 @dataclass(frozen=True)
@@ -225,18 +260,15 @@ def closest_hint(name: str, candidates: list[str]) -> str:
 
 
 def read_yaml_mapping(path: Path) -> dict[str, Any]:
-    """The top-level mapping of a YAML file, or ConfigError."""
+    """The top-level mapping of a YAML file, or ConfigError (with the line of a YAML error)."""
     try:
         text = path.read_text()
     except OSError as error:
         raise ConfigError(f"{path}: cannot read config file ({error.strerror})") from None
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
-        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
-        raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from None
+        data = load_yaml(text)
+    except yaml.YAMLError as error:  # a key given twice in one mapping is one too
+        raise ConfigError(f"{path}: {describe_yaml_error(error)}") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -303,7 +335,15 @@ def load_config(path: str | Path) -> ExperimentConfig:
     """Load and fully validate one config file; raise ConfigError naming the offending key."""
     path = Path(path)
     raw = load_raw(path)
+    for section, hint in EMPTY_SECTION_HINTS.items():
+        if section in raw and raw[section] is None:
+            raise ConfigError(f"{path}: {section} is empty: {hint}")
     top = check_keys(path, "", raw, TOP_LEVEL)
+    if top["name"] is None and not is_folder_name(path.stem):
+        raise ConfigError(
+            f"{path}: name must be {TOP_LEVEL['name'].accepted}, got {path.stem!r} (from the file name: "
+            "set 'name')"
+        )
     sections = {
         name: check_keys(path, name, top[name], SECTIONS[name]) if top.get(name) is not None else None
         for name in SECTIONS

@@ -8,9 +8,11 @@ density and kept data evolve during training.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import statistics
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +26,7 @@ import numpy as np  # noqa: E402
 from matplotlib.ticker import NullFormatter  # noqa: E402
 
 from avalanche_sparcl.experiments.config import ConfigError  # noqa: E402
+from avalanche_sparcl.experiments.fingerprint import IGNORED_CONFIG_KEYS, fingerprint  # noqa: E402
 
 TABLE_HEADER = (
     "| benchmark | method | buffer | Class-IL (%) | Task-IL (%) | Class-IL forgetting (%) "
@@ -33,7 +36,7 @@ TABLE_HEADER = (
 
 @dataclass
 class MethodSummary:
-    """All seeds of one config (benchmark + config name)."""
+    """All seeds of one run identity (one fingerprint): the same config, smoke or not."""
 
     benchmark: str
     name: str
@@ -43,10 +46,13 @@ class MethodSummary:
     buffer_size: int | None
     sparsity: float
     runs: list[dict[str, Any]]
-
-    @property
-    def key(self) -> str:
-        return f"{self.benchmark}__{self.name}"
+    fingerprint: str = ""
+    smoke: bool = False
+    paths: list[Path] = dataclasses.field(default_factory=list)
+    label: str = ""
+    """The row name: ``method``, made unique among the rows by :func:`assign_labels`."""
+    key: str = ""
+    """File name stem of its plots, made unique by :func:`assign_labels`."""
 
     def values(self, field: str) -> list[float]:
         return [float(run[field]) for run in self.runs]
@@ -64,63 +70,214 @@ class MethodSummary:
 
 @dataclass
 class Report:
-    """Where the report was written, and its table."""
+    """Where the report was written, its table, and the run folders it could not include."""
 
     table: str
     markdown_path: Path
     accuracy_vs_flops_path: Path
     plot_paths: list[Path]
+    unfinished_runs: list[Path] = dataclasses.field(default_factory=list)
+
+
+RESULTS_NAME = "results.json"
+UNFINISHED_MARKERS = ("checkpoint.pkl", "run.json")
+"""Files a run folder holds before its results.json is written (the runner writes that last)."""
+
+NUMBER = (int, float)
+RESULT_FIELDS: dict[str, tuple[type, ...]] = {
+    "name": (str,),
+    "method": (str,),
+    "method_kind": (str,),
+    "benchmark": (str,),
+    "strategy": (str,),
+    "buffer_size": (int, type(None)),
+    "sparsity": NUMBER,
+    "seed": (int,),
+    "smoke": (bool,),
+    "class_il_accuracy": NUMBER,
+    "task_il_accuracy": NUMBER,
+    "class_il_forgetting": NUMBER,
+    "train_flops": NUMBER,
+    "weight_sparsity": NUMBER,
+    "kept_data": NUMBER,
+    "accuracy_matrix": (dict,),
+    "curves": (dict,),
+}
+"""What the report reads from a results.json, with the JSON types it needs."""
+NESTED_FIELDS = {"accuracy_matrix": ("class_il", "task_il"), "curves": ("kept_data", "weight_sparsity")}
+KIND_ORDER = {"dense": 0, "sparcl": 1, "static": 2, "set": 3, "rigl": 4}
+
+
+def read_results(path: Path) -> dict[str, Any]:
+    """One results.json, checked enough that the report cannot crash on it; else a one-line ConfigError."""
+    try:
+        run = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path}: not valid JSON (not UTF-8 text: {error.reason})") from None
+    except json.JSONDecodeError as error:
+        raise ConfigError(
+            f"{path}: not valid JSON (line {error.lineno}, column {error.colno}: {error.msg}); "
+            "an interrupted copy? run the config again or delete the file"
+        ) from None
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read ({error.strerror})") from None
+    if not isinstance(run, dict):
+        raise ConfigError(f"{path}: not a JSON object (a results.json holds one)")
+    needed = list(RESULT_FIELDS) + ([] if "fingerprint" in run or "identity" in run else ["config"])
+    missing = sorted(key for key in needed if key not in run)
+    if missing:
+        raise ConfigError(f"{path}: missing keys {', '.join(missing)}")
+    for key, types in RESULT_FIELDS.items():
+        value = run[key]
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            expected = "a number" if types == NUMBER else " or ".join(t.__name__ for t in types)
+            raise ConfigError(f"{path}: {key}: expected {expected}, got {value!r}")
+    for key, nested in NESTED_FIELDS.items():
+        missing = sorted(name for name in nested if name not in run[key])
+        if missing:
+            raise ConfigError(f"{path}: {key}: missing keys {', '.join(missing)}")
+    return run
+
+
+def run_fingerprint(run: dict[str, Any], path: Path) -> str:
+    """The run's fingerprint, checked against its identity when both are there.
+
+    Results written before runs carried an identity are fingerprinted from their ``config`` (less the
+    keys that do not change a run) and ``smoke`` flag: the profile contents and the package version of
+    such a run are unknown, so they never share a group with results that carry an identity.
+    """
+    identity = run.get("identity")
+    stored = run.get("fingerprint")
+    if identity is not None and not isinstance(identity, dict):
+        raise ConfigError(f"{path}: identity: expected an object, got {identity!r}")
+    if stored is not None and not isinstance(stored, str):
+        raise ConfigError(f"{path}: fingerprint: expected a string, got {stored!r}")
+    if identity is None and stored is None:
+        config = run["config"]
+        if not isinstance(config, dict):
+            raise ConfigError(f"{path}: config: expected an object, got {config!r}")
+        kept = {key: value for key, value in config.items() if key not in IGNORED_CONFIG_KEYS}
+        return fingerprint({"config": kept, "smoke": run["smoke"]})
+    if identity is None:
+        return stored
+    computed = fingerprint(identity)
+    if stored is not None and stored != computed:
+        raise ConfigError(
+            f"{path}: fingerprint does not match its identity (stored {stored[:12]}, computed "
+            f"{computed[:12]}); the file was edited or damaged"
+        )
+    return computed
 
 
 def load_runs(runs_dir: Path) -> list[MethodSummary]:
-    """Every results.json under ``runs_dir``, grouped by benchmark and config name, seeds sorted."""
-    paths = sorted(Path(runs_dir).rglob("results.json"))
+    """Every results.json under ``runs_dir``, grouped by fingerprint (one group per run identity),
+    seeds sorted; the same fingerprint and seed twice (e.g. a run copied into two folders) would count
+    one run as two seeds, so it is refused."""
+    paths = sorted(Path(runs_dir).rglob(RESULTS_NAME))
     if not paths:
+        unfinished = list(unfinished_runs(Path(runs_dir)))
+        listed = f"; {len(unfinished)} unfinished run{'s' * (len(unfinished) > 1)}: " if unfinished else ""
         raise ConfigError(
-            f"{runs_dir}: no results.json found (run `sparcl-bench run CONFIG --out {runs_dir}`)"
+            f"{runs_dir}: no results.json found{listed}{', '.join(map(str, unfinished))} "
+            f"(run `sparcl-bench run CONFIG --out {runs_dir}`)"
         )
-    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    groups: dict[str, dict[int, tuple[Path, dict[str, Any]]]] = {}
     for path in paths:
-        run = json.loads(path.read_text())
-        groups.setdefault((run["benchmark"], run["name"]), []).append(run)
+        run = read_results(path)
+        run_id = run_fingerprint(run, path)
+        seeds = groups.setdefault(run_id, {})
+        if run["seed"] in seeds:
+            raise ConfigError(
+                f"{seeds[run['seed']][0]} and {path}: the same run (fingerprint {run_id[:12]}, "
+                f"seed {run['seed']}) twice; remove one of them or report their folders separately"
+            )
+        seeds[run["seed"]] = (path, run)
     summaries = []
-    for (benchmark, name), runs in groups.items():
-        runs.sort(key=lambda run: run["seed"])
+    for group_fingerprint, seeds in groups.items():
+        ordered = [seeds[seed] for seed in sorted(seeds)]
+        runs = [run for _, run in ordered]
         first = runs[0]
         summaries.append(
             MethodSummary(
-                benchmark,
-                name,
+                first["benchmark"],
+                first["name"],
                 first["method"],
                 first["method_kind"],
                 first["strategy"],
                 first["buffer_size"],
                 first["sparsity"],
                 runs,
+                fingerprint=group_fingerprint,
+                smoke=first["smoke"],
+                paths=[path for path, _ in ordered],
             )
         )
-    kind_order = {"dense": 0, "sparcl": 1, "static": 2, "set": 3, "rigl": 4}
     summaries.sort(
         key=lambda s: (
             s.benchmark,
+            s.smoke,
             s.strategy,
             s.buffer_size or 0,
-            kind_order[s.method_kind],
+            KIND_ORDER.get(s.method_kind, len(KIND_ORDER)),
             s.sparsity,
             s.name,
+            s.fingerprint,
         )
     )
+    assign_labels(summaries)
     return summaries
 
 
+def assign_labels(summaries: Sequence[MethodSummary]) -> None:
+    """Row labels and plot file names that tell every group apart.
+
+    A label is the method label, plus " (smoke)" for smoke runs. Groups that would show the same
+    benchmark, label and buffer get the config name in brackets, and a fingerprint prefix where the
+    names are the same too (two config files with one name).
+    """
+    clashes: dict[tuple[str, str, bool, int | None], list[MethodSummary]] = {}
+    for summary in summaries:
+        clashes.setdefault(
+            (summary.benchmark, summary.method, summary.smoke, summary.buffer_size), []
+        ).append(summary)
+    for group in clashes.values():
+        names = Counter(summary.name for summary in group)
+        for summary in group:
+            suffix = ""
+            if len(group) > 1:
+                short = "" if names[summary.name] == 1 else f" {summary.fingerprint[:8]}"
+                suffix = f" [{summary.name}{short}]"
+            summary.label = summary.method + suffix + (" (smoke)" if summary.smoke else "")
+    keys = Counter(plain_key(summary) for summary in summaries)
+    for summary in summaries:
+        key = plain_key(summary)
+        summary.key = key if keys[key] == 1 else f"{key}__{summary.fingerprint[:8]}"
+
+
+def plain_key(summary: MethodSummary) -> str:
+    return f"{summary.benchmark}__{summary.name}" + ("__smoke" if summary.smoke else "")
+
+
+def unfinished_runs(runs_dir: Path) -> dict[Path, list[str]]:
+    """Run folders with a checkpoint or a run record but no results.json, sorted, with the files found:
+    runs in progress or interrupted, which the table leaves out."""
+    found: dict[Path, list[str]] = {}
+    for marker in UNFINISHED_MARKERS:
+        for path in runs_dir.rglob(marker):
+            if path.is_file() and not (path.parent / RESULTS_NAME).is_file():
+                found.setdefault(path.parent, []).append(marker)
+    return dict(sorted(found.items()))
+
+
 def dense_reference(summary: MethodSummary, summaries: Sequence[MethodSummary]) -> MethodSummary | None:
-    """The dense run of the same benchmark, strategy and buffer size, if there is one."""
+    """The dense run of the same benchmark, strategy and buffer size, smoke or not alike, if there is one."""
     for candidate in summaries:
         if (
             candidate.method_kind == "dense"
             and candidate.benchmark == summary.benchmark
             and candidate.strategy == summary.strategy
             and candidate.buffer_size == summary.buffer_size
+            and candidate.smoke == summary.smoke
         ):
             return candidate
     return None
@@ -149,13 +306,18 @@ def markdown_table(summaries: Sequence[MethodSummary]) -> str:
     for summary in summaries:
         ratio = flops_ratio(summary, summaries)
         lines.append(
-            f"| {summary.benchmark} | {summary.method} | {summary.buffer_size or '-'} "
+            f"| {summary.benchmark} | {summary.label} | {summary.buffer_size or '-'} "
             f"| {percent(summary, 'class_il_accuracy')} | {percent(summary, 'task_il_accuracy')} "
             f"| {percent(summary, 'class_il_forgetting')} | {format_flops(summary.mean('train_flops'))} "
             f"| {'n/a' if math.isnan(ratio) else f'{ratio:.3f}'} | {summary.mean('weight_sparsity'):.3f} "
             f"| {summary.mean('kept_data'):.3f} | {len(summary.runs)} |"
         )
     return "\n".join(lines)
+
+
+def plot_label(summary: MethodSummary) -> str:
+    """The row label plus the buffer size: a legend has no buffer column."""
+    return f"{summary.label} (buffer {summary.buffer_size})" if summary.buffer_size else summary.label
 
 
 def plot_accuracy_vs_flops(summaries: Sequence[MethodSummary], path: Path) -> None:
@@ -170,18 +332,13 @@ def plot_accuracy_vs_flops(summaries: Sequence[MethodSummary], path: Path) -> No
         ):
             axis = axes[row][column]
             for summary in (s for s in summaries if s.benchmark == benchmark):
-                label = (
-                    f"{summary.method} (buffer {summary.buffer_size})"
-                    if summary.buffer_size
-                    else summary.method
-                )
                 axis.errorbar(
                     summary.mean("train_flops"),
                     100 * summary.mean(field),
                     yerr=100 * summary.std(field),
                     fmt="o" if summary.method_kind == "dense" else "s",
                     capsize=3,
-                    label=label,
+                    label=plot_label(summary),
                 )
             axis.set_xscale("log")
             axis.xaxis.set_minor_formatter(NullFormatter())  # minor labels of a narrow range overlap
@@ -202,7 +359,7 @@ def plot_accuracy_matrix(summary: MethodSummary, path: Path) -> None:
         image = axis.imshow(matrix, vmin=0, vmax=100, cmap="viridis")
         axis.set_xlabel("evaluated experience")
         axis.set_ylabel("after training experience")
-        axis.set_title(f"{summary.method} {title} (%)")
+        axis.set_title(f"{summary.label} {title} (%)")
         if matrix.shape[0] <= 10 and matrix.shape[1] <= 10:
             for (i, j), value in np.ndenumerate(matrix):
                 axis.text(j, i, f"{value:.0f}", ha="center", va="center", color="white", fontsize=8)
@@ -218,7 +375,7 @@ def plot_training_curves(summaries: Sequence[MethodSummary], benchmark: str, pat
     for summary in (s for s in summaries if s.benchmark == benchmark):
         curves = summary.runs[0]["curves"]
         density = curves["weight_sparsity"]
-        label = f"{summary.method} (buffer {summary.buffer_size})" if summary.buffer_size else summary.method
+        label = plot_label(summary)
         axes[0].plot(density["iterations"], [1 - v for v in density["values"]], label=label)
         axes[1].plot(curves["kept_data"]["iterations"], curves["kept_data"]["values"], label=label)
     axes[0].set_ylabel("weight density of the masked layers")
@@ -250,24 +407,46 @@ def write_report(runs_dir: str | Path, out_dir: str | Path) -> Report:
         plot_accuracy_matrix(summary, path)
         plot_paths.append(path)
     table = markdown_table(summaries)
-    smoke = any(run["smoke"] for s in summaries for run in s.runs)
+    unfinished = unfinished_runs(Path(runs_dir))
+    legacy = sum("identity" not in run and "fingerprint" not in run for s in summaries for run in s.runs)
     lines = [
         "# SparCL experiments",
         "",
-        f"Runs read from `{runs_dir}`: {sum(len(s.runs) for s in summaries)} runs, {len(summaries)} configs.",
+        f"Runs read from `{runs_dir}`: {sum(len(s.runs) for s in summaries)} runs, {len(summaries)} configs"
+        + (f"; {len(unfinished)} unfinished (listed below, not in the table)." if unfinished else "."),
         "Accuracies are on the whole test stream after the last experience, mean +- std over seeds.",
         "FLOPs / dense: mean training FLOPs over those of the dense run with the same benchmark, "
-        "strategy and buffer size.",
+        "strategy and buffer size (smoke runs against smoke runs).",
+        "A row is one run identity (the resolved config, smoke or not, the package version); rows that "
+        "would read the same get their config name in brackets, and a fingerprint prefix if the names "
+        "are the same too.",
     ]
-    if smoke:
+    if legacy:
         lines.append(
-            "**Smoke runs (random data, tiny model): the numbers only show that the pipeline works.**"
+            f"{legacy} results.json without a fingerprint (written by an older version) are grouped by "
+            "their config and smoke flag, apart from results that carry one."
         )
-    lines += ["", table, "", "## Plots", ""]
+    if any(s.smoke for s in summaries):
+        lines.append(
+            "**Rows marked (smoke) are smoke runs (random data, tiny model): their numbers only show that "
+            "the pipeline works.**"
+        )
+    lines += ["", table, ""]
+    if unfinished:
+        lines += [
+            f"## Unfinished runs ({len(unfinished)}, not in the table)",
+            "",
+            "In progress or interrupted: running the same config and seed with the same `--out` "
+            "(and `--smoke` for smoke runs) resumes them.",
+            "",
+        ]
+        lines += [f"- `{path}`: {' and '.join(found)}, no results.json" for path, found in unfinished.items()]
+        lines.append("")
+    lines += ["## Plots", ""]
     lines += [f"- ![{path.stem}]({path.relative_to(out_dir)})" for path in plot_paths]
     markdown_path = out_dir / "report.md"
     markdown_path.write_text("\n".join(lines) + "\n")
-    return Report(table, markdown_path, accuracy_vs_flops, plot_paths)
+    return Report(table, markdown_path, accuracy_vs_flops, plot_paths, list(unfinished))
 
 
 def section_markers(name: str) -> tuple[str, str]:

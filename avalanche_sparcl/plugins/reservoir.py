@@ -24,7 +24,7 @@ from avalanche.training.plugins import ReplayPlugin
 
 from avalanche_sparcl.plugins.masked_head import MaskedHeadPlugin
 from avalanche_sparcl.reservoir import ReservoirBuffer
-from avalanche_sparcl.validation import check_positive_int
+from avalanche_sparcl.validation import check_positive_int, check_seed
 
 
 class ReservoirBatches:
@@ -66,8 +66,8 @@ class ReservoirReplayPlugin(SupervisedPlugin):
     def __init__(self, mem_size: int = 200, batch_size_mem: int | None = None, seed: int = 0):
         super().__init__()
         if batch_size_mem is not None:
-            check_positive_int("batch_size_mem", batch_size_mem)
-        self.buffer = ReservoirBuffer(mem_size, seed)
+            batch_size_mem = check_positive_int("batch_size_mem", batch_size_mem)
+        self.buffer = ReservoirBuffer(check_positive_int("mem_size", mem_size), check_seed("seed", seed))
         self.requested_batch_size_mem = batch_size_mem
         self.batch_size_mem = batch_size_mem or 0
         self.mode = ""  # 'der', 'er_ace' or 'prepend', set when training starts

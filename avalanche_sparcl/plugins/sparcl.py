@@ -12,7 +12,7 @@ from avalanche_sparcl.plugins.ddr import DDRPlugin
 from avalanche_sparcl.plugins.dgm import DGMPlugin
 from avalanche_sparcl.plugins.masked_head import MaskedHeadPlugin
 from avalanche_sparcl.plugins.tdm import TDMPlugin
-from avalanche_sparcl.sparse.dynamic import TDMSettings
+from avalanche_sparcl.sparse.dynamic import TDMSettings, check_tdm_options
 from avalanche_sparcl.validation import check_fraction, reject_unknown_options
 
 TDM_OPTIONS = {f.name for f in dataclasses.fields(TDMSettings)} - {"sparsity"}
@@ -26,7 +26,8 @@ class SparCLPlugin(SupervisedPlugin):
     ``sparsity`` drives TDM (0 = dense network, unless a ``profile`` is given), ``removal_ratio``
     DDR (0 = keep all data), ``gradient_sparsity`` DGM (0 = apply all gradients of the kept
     weights); every other option goes to the part that owns it (see TDMPlugin, DDRPlugin,
-    DGMPlugin). ``masked_head`` makes the current experience's cross-entropy see only its classes.
+    DGMPlugin) and is checked even when that part is off. ``masked_head`` makes the current
+    experience's cross-entropy see only its classes.
 
     Inside every hook the parts run in one fixed order, DDR, masked head, TDM, DGM, so that within
     a step DDR scores the raw logits before the head is masked, TDM's importance reads the
@@ -56,10 +57,15 @@ class SparCLPlugin(SupervisedPlugin):
         tdm_options = {k: v for k, v in options.items() if k in TDM_OPTIONS}
         ddr_options = {k: v for k, v in options.items() if k in DDR_OPTIONS}
         dgm_options = {k: v for k, v in options.items() if k in DGM_OPTIONS}
+        # every option is checked, also those of a part switched off: a bad value is a mistake either way
         dense = check_fraction("sparsity", sparsity) == 0 and tdm_options.get("profile") is None
+        if dense:
+            check_tdm_options({k: v for k, v in tdm_options.items() if k != "profile"})
         self.tdm = None if dense else TDMPlugin(sparsity, **tdm_options)
-        self.ddr = DDRPlugin(removal_ratio, **ddr_options) if removal_ratio != 0 else None
-        self.dgm = DGMPlugin(gradient_sparsity, **dgm_options) if gradient_sparsity != 0 else None
+        ddr = DDRPlugin(removal_ratio, **ddr_options)
+        self.ddr = ddr if ddr.settings.removal_ratio != 0 else None
+        dgm = DGMPlugin(gradient_sparsity, **dgm_options)
+        self.dgm = dgm if dgm.gradient_sparsity != 0 else None
         if self.dgm is not None:
             self.dgm.tdm = self.tdm
         head = MaskedHeadPlugin() if masked_head else None

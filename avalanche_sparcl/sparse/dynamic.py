@@ -10,7 +10,6 @@ parameters by name when the training loop replaces the model.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,8 +32,13 @@ from avalanche_sparcl.sparse.masks import (
     prune_lowest,
     top_k_mask,
 )
-from avalanche_sparcl.sparse.schedule import ExperienceSchedule, MaskUpdateKind, mask_updates
-from avalanche_sparcl.validation import check_fraction
+from avalanche_sparcl.sparse.schedule import (
+    MIN_UPDATE_EVERY,
+    ExperienceSchedule,
+    MaskUpdateKind,
+    mask_updates,
+)
+from avalanche_sparcl.validation import check_choice, check_fraction, check_non_negative, check_seed
 
 REGROW_CRITERIA = ("random", "gradient")
 
@@ -46,6 +50,8 @@ class TDMSettings:
     ``regrow="gradient"`` regrows the pruned weights with the largest mean |grad| over the window
     instead of random ones (RigL-style); with ``importance_lambda=0`` pruning is by magnitude alone
     (SET/MEST/RigL-style), and ``expand_ratio = mutate_ratio = 0`` gives a static mask.
+    ``update_every`` lies in [MIN_UPDATE_EVERY, 1] (see ``schedule.MIN_UPDATE_EVERY``) and ``seed``
+    in [0, MAX_SEED]. Checked values are stored as plain Python numbers.
     """
 
     sparsity: float = 0.75
@@ -59,24 +65,44 @@ class TDMSettings:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        check_fraction("sparsity", self.sparsity)
+        object.__setattr__(self, "sparsity", check_fraction("sparsity", self.sparsity))
         if self.profile is not None:
             object.__setattr__(self, "profile", load_profile(self.profile))
-        lam = self.importance_lambda
-        if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not lam >= 0 or math.isinf(lam):
-            raise ValueError(f"importance_lambda must be a finite number >= 0, got {lam!r}")
-        check_fraction("update_every", self.update_every, include_low=False, include_high=True)
-        check_fraction("freeze_at", self.freeze_at, include_low=False, include_high=True)
-        if self.regrow not in REGROW_CRITERIA:
-            raise ValueError(f"regrow must be one of {', '.join(REGROW_CRITERIA)}, got {self.regrow!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise ValueError(f"seed must be an integer, got {self.seed!r}")
-        for sparsity in self.layer_sparsities():
+        options = {name: getattr(self, name) for name in TDM_OPTION_CHECKS if name not in LAYER_RATIOS}
+        for name, value in check_tdm_options(options).items():
+            object.__setattr__(self, name, value)
+        for sparsity in self.layer_sparsities():  # the ratios' ranges narrowed to each layer's sparsity
             check_layer_ratios(sparsity, self.expand_ratio, self.mutate_ratio)
+        for name in LAYER_RATIOS:
+            object.__setattr__(self, name, float(getattr(self, name)))
 
     def layer_sparsities(self) -> list[float]:
         """The distinct target sparsities of the masked layers."""
         return sorted(set(self.profile.values())) if self.profile else [self.sparsity]
+
+
+LAYER_RATIOS = ("expand_ratio", "mutate_ratio")
+"""Options whose range depends on the layers' sparsity (``check_layer_ratios``)."""
+TDM_OPTION_CHECKS: dict[str, Callable[[str, Any], Any]] = {
+    "importance_lambda": check_non_negative,
+    # the widest ranges any sparsity allows; TDMSettings narrows them to each layer's
+    "expand_ratio": check_fraction,
+    "mutate_ratio": lambda name, value: check_fraction(name, value, high=0.5, include_high=True),
+    "update_every": lambda name, value: check_fraction(name, value, low=MIN_UPDATE_EVERY, include_high=True),
+    "freeze_at": lambda name, value: check_fraction(name, value, include_low=False, include_high=True),
+    "regrow": lambda name, value: check_choice(name, value, REGROW_CRITERIA),
+    "seed": check_seed,
+}
+"""Each TDM option (but the sparsity and the profile) and the check of its own range."""
+
+
+def check_tdm_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """Check each given TDM option on its own range; return them as plain Python values.
+
+    Independent of the sparsity, so a SparCL run with TDM switched off (sparsity 0) still refuses a
+    bad TDM option rather than ignoring it.
+    """
+    return {name: TDM_OPTION_CHECKS[name](name, value) for name, value in options.items()}
 
 
 def check_layer_ratios(sparsity: float, expand_ratio: float, mutate_ratio: float) -> None:

@@ -22,7 +22,7 @@ import torch
 import yaml
 from torch import nn
 
-from avalanche_sparcl.validation import check_fraction, close_matches_hint
+from avalanche_sparcl.validation import check_fraction, close_matches_hint, describe_yaml_error, load_yaml
 
 ProfileLike = Mapping[str, float] | str | os.PathLike
 
@@ -103,12 +103,21 @@ def default_sparse_weights(model: nn.Module, run_forward: Callable[[], Any]) -> 
 
 
 def load_profile(profile: ProfileLike) -> dict[str, float]:
-    """Per-parameter sparsities from a mapping or a YAML file in the reference's format."""
+    """Per-parameter sparsities from a mapping or a YAML file in the reference's format.
+
+    Every error is a ValueError naming the file; a YAML error also gives the line (and a parameter
+    named twice in the file is one).
+    """
     if isinstance(profile, (str, os.PathLike)):
         path = Path(profile)
         if not path.is_file():
             raise ValueError(f"profile file {str(path)!r} does not exist")
-        loaded = yaml.safe_load(path.read_text())
+        try:
+            loaded = load_yaml(path.read_text())
+        except OSError as error:
+            raise ValueError(f"profile file {str(path)!r} cannot be read ({error.strerror})") from None
+        except yaml.YAMLError as error:
+            raise ValueError(f"profile file {str(path)!r} is {describe_yaml_error(error)}") from None
         if not isinstance(loaded, Mapping) or not isinstance(loaded.get("prune_ratios"), Mapping):
             raise ValueError(
                 f"profile file {str(path)!r} must hold a mapping 'prune_ratios: {{parameter_name: sparsity}}'"
