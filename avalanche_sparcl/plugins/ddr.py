@@ -66,7 +66,8 @@ class DDRPlugin(SupervisedPlugin):
     ``removal_ratio`` of the experience's examples (in [0, 1)) are gone by ``cutoff`` (fraction of the
     experience's epochs, in (0, 1]), removed in ``stages`` equal stages at epoch boundaries, each
     window at least 2 epochs long so forgetting events can show (fewer stages when the experience is
-    short, none below 3 epochs). Defaults are the paper setting: 30% in 4 stages at epochs 5, 10, 15,
+    short, none below 3 epochs); the last (hardest) example of a class is never removed. Defaults
+    are the paper setting: 30% in 4 stages at epochs 5, 10, 15,
     20 of 50; at 10 epochs 15% at each of epochs 2 and 4. ``stage_counts`` holds one
     :class:`ExperienceRemoval` per trained experience with the kept/removed counts of each stage.
     """
