@@ -2,12 +2,17 @@
 
 Avalanche pickles the whole strategy (model, optimizer, plugins with their masks, statistics and
 generators, the evaluator's metric state) with dill and restores the global random generators
-(``avalanche.training.determinism.rng_manager``). This module adds two things on top:
+(``avalanche.training.determinism.rng_manager``). This module adds three things on top:
 
 - a workaround that makes Avalanche's ``save_checkpoint`` work at all with the installed torch,
   dill and typing_extensions (see :func:`make_torch_optimizers_picklable`), applied automatically;
-- atomic writes: the checkpoint goes to ``<name>.partial`` in the same folder, is flushed to disk,
-  then renamed over the old one, so a kill at any moment leaves the last good checkpoint readable.
+- atomic writes: the checkpoint goes to ``<name>.<pid>.partial`` in the same folder, is flushed to
+  disk, then renamed over the old one, so a kill at any moment leaves the last good checkpoint
+  readable; a failed write removes its partial file, a later save the ones of dead processes;
+- a checksum: the file starts with one header line holding the SHA-256 and length of the pickle that
+  follows, written into the same file (one rename publishes both), and checked before unpickling, so
+  damaged, truncated, empty or foreign files raise :class:`CheckpointError` instead of resuming
+  with other numbers.
 
 Checkpoints are taken between experiences (Avalanche cannot save inside its training loop).
 """
@@ -15,8 +20,12 @@ Checkpoints are taken between experiences (Avalanche cannot save inside its trai
 from __future__ import annotations
 
 import contextlib
+import glob
+import hashlib
 import io
 import os
+import pickle
+import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +39,16 @@ Strategy = TypeVar("Strategy")
 
 PARTIAL_SUFFIX = ".partial"
 """Suffix of the temporary file a checkpoint is written to before it replaces the old one."""
+HEADER_MAGIC = b"avalanche-sparcl checkpoint v1"
+HEADER_FORMAT = HEADER_MAGIC + b" sha256=%s bytes=%020d\n"
+HEADER_PATTERN = re.compile(re.escape(HEADER_MAGIC) + rb" sha256=([0-9a-f]{64}) bytes=([0-9]{20})\n")
+HEADER_LENGTH = len(HEADER_FORMAT % (b"0" * 64, 0))
+"""The header line has a fixed length: it is written as a placeholder first and filled in once the
+pickle behind it is on disk and hashed."""
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be resumed from: empty, truncated, corrupted or not ours."""
 
 
 def make_torch_optimizers_picklable() -> None:
@@ -49,24 +68,57 @@ def make_torch_optimizers_picklable() -> None:
             setattr(parent, child_name, module)
 
 
-def partial_path(path: str | os.PathLike) -> Path:
-    """Where :func:`save_checkpoint` writes before renaming: next to ``path``, on the same disk."""
+def partial_path(path: str | os.PathLike, pid: int | None = None) -> Path:
+    """Where process ``pid`` (default: this one) writes ``path`` before renaming: next to it, on the
+    same disk, under a name no other process writes to."""
     path = Path(path)
-    return path.with_name(path.name + PARTIAL_SUFFIX)
+    return path.with_name(f"{path.name}.{os.getpid() if pid is None else pid}{PARTIAL_SUFFIX}")
 
 
 @contextlib.contextmanager
 def atomic_file(path: str | os.PathLike) -> Iterator[BinaryIO]:
-    """A binary stream whose content replaces ``path`` only once it is completely on disk."""
+    """A binary stream whose content replaces ``path`` only once it is completely on disk.
+
+    If anything fails, ``path`` is untouched and the partial file is removed; an OSError that names no
+    file (a full disk) is raised again naming ``path``.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = partial_path(path)
-    with open(temporary, "wb") as stream:
-        yield stream
-        stream.flush()
-        os.fsync(stream.fileno())
-    os.replace(temporary, path)
+    try:
+        with open(temporary, "wb") as stream:
+            yield stream
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except BaseException as error:
+        with contextlib.suppress(OSError):
+            temporary.unlink(missing_ok=True)
+        if isinstance(error, OSError) and error.filename is None and error.errno is not None:
+            raise OSError(error.errno, error.strerror, str(path)) from error
+        raise
     sync_folder(path.parent)
+    remove_partial_files_of_dead_processes(path)
+
+
+def remove_partial_files_of_dead_processes(path: Path) -> None:
+    """Delete what processes killed while writing ``path`` left behind (they can never finish)."""
+    prefix = path.name + "."
+    for leftover in path.parent.glob(glob.escape(prefix) + "*" + PARTIAL_SUFFIX):
+        pid = leftover.name[len(prefix) : -len(PARTIAL_SUFFIX)]
+        if pid.isdigit() and not process_is_alive(int(pid)):
+            with contextlib.suppress(OSError):
+                leftover.unlink()
+
+
+def process_is_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
 
 
 def write_text_atomically(path: str | os.PathLike, text: str) -> None:
@@ -75,16 +127,85 @@ def write_text_atomically(path: str | os.PathLike, text: str) -> None:
         stream.write(text.encode())
 
 
+class ChecksummedWriter:
+    """Passes writes on to ``stream`` while hashing and counting them.
+
+    torch.save's zip writer turns an exception raised by a write into a RuntimeError that no longer
+    says why ("unexpected pos"); ``failure`` keeps the OSError (a full disk) to raise instead.
+    """
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self.stream = stream
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+        self.failure: OSError | None = None
+
+    def write(self, data: bytes) -> int:
+        try:
+            written = self.stream.write(data)
+        except OSError as error:
+            self.failure = error
+            raise
+        self.sha256.update(data)
+        self.size += memoryview(data).nbytes
+        return written
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
 def save_checkpoint(strategy: Any, path: str | os.PathLike, exclude: list[str] | None = None) -> Path:
-    """Save ``strategy`` (between experiences) with Avalanche's ``save_checkpoint``, atomically.
+    """Save ``strategy`` (between experiences) with Avalanche's ``save_checkpoint``, atomically and
+    behind a checksum header.
 
     The previous checkpoint at ``path`` stays intact until the new one is completely on disk.
     ``exclude`` names strategy attributes not to save, as in Avalanche. Returns ``path``.
     """
     make_torch_optimizers_picklable()
     with atomic_file(path) as stream:
-        avalanche_save_checkpoint(strategy, stream, exclude=exclude)
+        stream.write(HEADER_FORMAT % (b"0" * 64, 0))
+        writer = ChecksummedWriter(stream)
+        try:
+            avalanche_save_checkpoint(strategy, writer, exclude=exclude)
+        except Exception:
+            if writer.failure is not None:
+                raise writer.failure from None
+            raise
+        stream.seek(0)
+        stream.write(HEADER_FORMAT % (writer.sha256.hexdigest().encode(), writer.size))
     return Path(path)
+
+
+def read_checkpoint(path: str | os.PathLike) -> bytes:
+    """The pickle inside the checkpoint at ``path``, once its length and SHA-256 match its header.
+
+    Raises :class:`CheckpointError` naming ``path`` for an empty, truncated, corrupted or foreign file.
+    """
+    with open(path, "rb") as stream:
+        header = stream.read(HEADER_LENGTH)
+        payload = stream.read()
+    if not header:
+        raise CheckpointError(f"{path}: empty checkpoint file")
+    if not header.startswith(HEADER_MAGIC) and not HEADER_MAGIC.startswith(header):
+        raise CheckpointError(
+            f"{path}: not a checkpoint written by avalanche_sparcl.checkpointing.save_checkpoint"
+        )
+    match = HEADER_PATTERN.fullmatch(header)
+    if match is None and len(header) < HEADER_LENGTH:
+        raise CheckpointError(f"{path}: truncated checkpoint: {len(header)} bytes, not even its header")
+    if match is None:
+        raise CheckpointError(f"{path}: corrupted checkpoint: its header is damaged")
+    expected_size = int(match.group(2))
+    if len(payload) < expected_size:
+        raise CheckpointError(
+            f"{path}: truncated checkpoint: {HEADER_LENGTH + len(payload)} of "
+            f"{HEADER_LENGTH + expected_size} bytes"
+        )
+    if len(payload) > expected_size or hashlib.sha256(payload).hexdigest().encode() != match.group(1):
+        raise CheckpointError(
+            f"{path}: corrupted checkpoint: its SHA-256 differs from the one written with it"
+        )
+    return payload
 
 
 def sync_folder(folder: Path) -> None:
@@ -113,10 +234,25 @@ def maybe_resume(
     training experience (0 and the strategy unchanged when ``path`` does not exist). The strategy's
     model, optimizer, plugins and evaluator are replaced by the saved ones, so read them from the
     returned strategy (``strategy.model``, ``strategy.plugins``), not from earlier references.
+
+    The checksum is checked before anything is unpickled: a file that is empty, truncated, corrupted,
+    not written by :func:`save_checkpoint` or unloadable with this code raises :class:`CheckpointError`
+    and leaves ``strategy`` unchanged.
     """
+    if not Path(path).exists():
+        return strategy, 0
+    payload = read_checkpoint(path)
     make_torch_optimizers_picklable()
-    with contextlib.redirect_stdout(io.StringIO()):  # Avalanche prints one line per unpickled device
-        return avalanche_maybe_load_checkpoint(strategy, path, map_location, unique_objects)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # Avalanche prints one line per unpickled device
+            return avalanche_maybe_load_checkpoint(
+                strategy, io.BytesIO(payload), map_location, unique_objects
+            )
+    except (pickle.UnpicklingError, EOFError, RuntimeError, AttributeError, ImportError) as error:
+        reason = (str(error).splitlines() or [""])[0]
+        raise CheckpointError(
+            f"{path}: cannot load the checkpoint ({type(error).__name__}: {reason})"
+        ) from error
 
 
 def load_checkpoint(

@@ -1,5 +1,7 @@
 """Checkpoint and resume: kills at any moment resume to the uninterrupted result, writes are atomic."""
 
+import errno
+import hashlib
 import os
 import pickle
 import signal
@@ -24,7 +26,10 @@ from checkpoint_driver import (
     sparcl_plugin,
 )
 
+from avalanche_sparcl import checkpointing
 from avalanche_sparcl.checkpointing import (
+    HEADER_LENGTH,
+    CheckpointError,
     load_checkpoint,
     make_torch_optimizers_picklable,
     maybe_resume,
@@ -70,11 +75,12 @@ def test_runs_killed_while_saving_and_between_experiences_resume_to_the_uninterr
         expected = run(tmp_path / "uninterrupted" / "checkpoint.pkl")
 
     assert finish(killed_while_saving) == -signal.SIGKILL
-    assert partial_path(checkpoint).stat().st_size > 0  # the kill hit the write of checkpoint 1
+    # the kill hit the write of checkpoint 1, into a partial file named after the process
+    assert partial_path(checkpoint, pid=killed_while_saving.pid).stat().st_size > 0
     assert next_experience_in(checkpoint) == 1  # checkpoint 0 is intact
 
     assert finish(start_driver(checkpoint, result, **{KILL_AFTER_SAVING: "1"})) == -signal.SIGKILL
-    assert not partial_path(checkpoint).exists()
+    assert not list(checkpoint.parent.glob("*.partial"))  # a save removes a dead process's leftover
     assert next_experience_in(checkpoint) == 2
 
     assert finish(start_driver(checkpoint, result)) == 0
@@ -112,13 +118,17 @@ def test_every_plugin_state_round_trips_and_stays_connected(tmp_path):
     assert flops_metric(resumed)._kept_counts._cache == {}
 
 
-def test_a_failed_write_leaves_the_previous_checkpoint_untouched(tmp_path, monkeypatch):
+def tiny_strategy() -> Naive:
     model = torch.nn.Linear(3, 2)
-    strategy = Naive(
+    return Naive(
         model=model,
         optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
         evaluator=EvaluationPlugin(loggers=[]),
     )
+
+
+def test_a_failed_write_leaves_the_previous_checkpoint_untouched_and_no_partial_file(tmp_path, monkeypatch):
+    strategy = tiny_strategy()
     checkpoint = save_checkpoint(strategy, tmp_path / "run" / "checkpoint.pkl")
     saved = checkpoint.read_bytes()
 
@@ -131,19 +141,102 @@ def test_a_failed_write_leaves_the_previous_checkpoint_untouched(tmp_path, monke
         save_checkpoint(strategy, checkpoint)
     monkeypatch.undo()
     assert checkpoint.read_bytes() == saved
-    assert partial_path(checkpoint).read_bytes() == b"half a checkpoint"
-    save_checkpoint(strategy, checkpoint)  # the next save replaces the leftover
-    assert not partial_path(checkpoint).exists()
+    assert not list(checkpoint.parent.glob("*.partial"))
+    assert load_checkpoint(tiny_strategy(), checkpoint)[1] == 0
+
+
+class FillsUp:
+    """A file that takes ``room`` bytes, then fails as a full disk does."""
+
+    def __init__(self, stream, room: int) -> None:
+        self.stream, self.room = stream, room
+
+    def write(self, data) -> int:
+        self.room -= memoryview(data).nbytes
+        if self.room < 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return self.stream.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exception) -> None:
+        self.stream.close()
+
+
+def test_a_full_disk_inside_torch_save_raises_the_os_error_naming_the_checkpoint(tmp_path, monkeypatch):
+    """torch's zip writer turns a failing write into 'RuntimeError: unexpected pos'; the OSError is what
+    the caller sees, naming the checkpoint, and no partial file is left."""
+    checkpoint = tmp_path / "checkpoint.pkl"
+    monkeypatch.setattr(checkpointing, "open", lambda *args: FillsUp(open(*args), room=300), raising=False)
+    with pytest.raises(OSError) as raised:
+        save_checkpoint(tiny_strategy(), checkpoint)
+    assert (raised.value.errno, raised.value.filename) == (errno.ENOSPC, str(checkpoint))
+    assert str(raised.value) == f"[Errno 28] No space left on device: {str(checkpoint)!r}"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_checkpoint_starts_with_the_sha256_and_length_of_what_follows(tmp_path):
+    data = save_checkpoint(tiny_strategy(), tmp_path / "checkpoint.pkl").read_bytes()
+    header, payload = data[:HEADER_LENGTH], data[HEADER_LENGTH:]
+    digest = hashlib.sha256(payload).hexdigest()
+    assert header == f"avalanche-sparcl checkpoint v1 sha256={digest} bytes={len(payload):020d}\n".encode()
+
+
+def flip_a_byte_in_the_middle(data: bytes) -> bytes:
+    return data[: len(data) // 2] + bytes([data[len(data) // 2] ^ 1]) + data[len(data) // 2 + 1 :]
+
+
+@pytest.mark.parametrize(
+    ("damage", "problem"),
+    [
+        (flip_a_byte_in_the_middle, "corrupted checkpoint: its SHA-256 differs from the one written with it"),
+        (lambda data: data + b"\0", "corrupted checkpoint: its SHA-256 differs from the one written with it"),
+        (lambda data: data[:-1], "truncated checkpoint: {short} of {full} bytes"),
+        (lambda data: data[:10], "truncated checkpoint: 10 bytes, not even its header"),
+        (lambda data: data.replace(b"sha256=", b"sha256:", 1), "corrupted checkpoint: its header is damaged"),
+        (lambda data: b"", "empty checkpoint file"),
+        (lambda data: data[HEADER_LENGTH:], "not a checkpoint written by {ours}"),
+        (lambda data: pickle.dumps({"strategy": None}), "not a checkpoint written by {ours}"),
+    ],
+    ids=[
+        "flipped-byte",
+        "extra-byte",
+        "truncated",
+        "truncated-header",
+        "header",
+        "empty",
+        "headerless",
+        "foreign",
+    ],
+)
+def test_a_damaged_checkpoint_raises_checkpoint_error_and_leaves_the_strategy_alone(
+    tmp_path, damage, problem
+):
+    checkpoint = save_checkpoint(tiny_strategy(), tmp_path / "checkpoint.pkl")
+    full = checkpoint.stat().st_size
+    checkpoint.write_bytes(damage(checkpoint.read_bytes()))
+    strategy = tiny_strategy()
+    model = strategy.model
+    with pytest.raises(CheckpointError) as raised:
+        maybe_resume(strategy, checkpoint)
+    ours = "avalanche_sparcl.checkpointing.save_checkpoint"
+    assert str(raised.value) == f"{checkpoint}: " + problem.format(short=full - 1, full=full, ours=ours)
+    assert isinstance(raised.value, ValueError) and strategy.model is model
+
+
+def test_partial_file_names_differ_between_processes(tmp_path):
+    path = tmp_path / "checkpoint.pkl"
+    assert partial_path(path) == tmp_path / f"checkpoint.pkl.{os.getpid()}.partial"
+    assert partial_path(path, pid=1) != partial_path(path)
 
 
 def test_the_optimizer_workaround_is_needed_idempotent_and_applied_by_save(tmp_path, monkeypatch):
     """torch.optim deletes its submodules; without them Avalanche's own save fails for any strategy."""
-    model = torch.nn.Linear(3, 2)
-    strategy = Naive(
-        model=model,
-        optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
-        evaluator=EvaluationPlugin(loggers=[]),
-    )
+    strategy = tiny_strategy()
     submodules = [name for name in sys.modules if name.startswith("torch.optim.") and name.count(".") == 2]
     for name in submodules:  # as torch/optim/__init__.py leaves them
         monkeypatch.delattr(torch.optim, name.rpartition(".")[2], raising=False)

@@ -16,8 +16,8 @@ CONFIG_DIR = Path(__file__).resolve().parents[1] / "experiments" / "configs"
 SHIPPED_CONFIGS = sorted(CONFIG_DIR.glob("split_*/*.yaml"))
 RESULT_KEYS = {
     "name", "method", "method_kind", "benchmark", "strategy", "buffer_size", "sparsity", "seed", "smoke",
-    "device", "config_path", "config", "versions", "class_il_accuracy", "task_il_accuracy",
-    "class_il_forgetting", "task_il_forgetting", "accuracy_matrix", "train_flops",
+    "device", "config_path", "config", "identity", "fingerprint", "versions", "class_il_accuracy",
+    "task_il_accuracy", "class_il_forgetting", "task_il_forgetting", "accuracy_matrix", "train_flops",
     "train_flops_after_experience", "train_iterations", "wall_time_s", "train_time_s", "weight_sparsity",
     "kept_data", "curves",
 }  # fmt: skip
@@ -27,7 +27,7 @@ RESULT_KEYS = {
 def test_shipped_config_runs_end_to_end_in_smoke_mode(tmp_path, path):
     config = load_config(path)
     results = run_experiment(config, seed=0, options=RunOptions(tmp_path, quiet=True, smoke=True))
-    run_dir = run_directory(config, 0, tmp_path)
+    run_dir = run_directory(config, 0, tmp_path, smoke=True)
     assert json.loads((run_dir / "results.json").read_text())["train_flops"] == results["train_flops"]
     assert set(results) == RESULT_KEYS
     assert 0 < results["train_time_s"] < results["wall_time_s"]
@@ -80,12 +80,12 @@ def test_cli_run_writes_one_folder_per_config_and_seed(tmp_path, capsys):
     )
     folders = sorted(p.parent.relative_to(out).as_posix() for p in out.rglob("results.json"))
     assert folders == [
-        "split_digits/er_buf200/seed_0",
-        "split_digits/er_buf200/seed_1",
-        "split_digits/sparcl_der_0.90_buf200/seed_0",
-        "split_digits/sparcl_der_0.90_buf200/seed_1",
+        "smoke/split_digits/er_buf200/seed_0",
+        "smoke/split_digits/er_buf200/seed_1",
+        "smoke/split_digits/sparcl_der_0.90_buf200/seed_0",
+        "smoke/split_digits/sparcl_der_0.90_buf200/seed_1",
     ]
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 4
     assert lines[0].startswith("split_digits er_buf200 seed 0: Class-IL ")
-    assert lines[3].endswith(f"-> {out}/split_digits/sparcl_der_0.90_buf200/seed_1")
+    assert lines[3].endswith(f"-> {out}/smoke/split_digits/sparcl_der_0.90_buf200/seed_1")

@@ -4,10 +4,14 @@
                      [--quiet] [--smoke] [--restart]
     sparcl-bench report RUNS_DIR [--out report/]
 
-User errors (a bad config, missing data, no CUDA) print one line on stderr and exit with code 2,
-before any training starts. A run folder with a checkpoint resumes from it; a finished run (its
-results.json exists) is not rerun; ``--restart`` starts such runs over. Training that turns non-finite
-stops with exit code 1 and a message naming the experience, epoch and iteration.
+User errors (a bad config or profile, missing data, no CUDA, ``--out`` not a folder) print one line
+on stderr and exit with code 2, before any training starts. A run folder with a checkpoint of the same
+run (equal fingerprint in run.json) resumes from it; a finished run of the same run (its results.json)
+is not rerun; ``--restart`` starts such runs over. A folder holding another run's checkpoint or
+results, a damaged checkpoint or results.json, a folder another process is running, and any file
+system error (full disk, no permission) also exit with code 2 and one line naming the file or folder.
+Training that turns non-finite stops with exit code 1 and a message naming the experience, epoch and
+iteration.
 """
 
 from __future__ import annotations
@@ -23,8 +27,16 @@ from avalanche_sparcl.benchmarks import (
     check_dataset_files,
     check_fmnist_files,
 )
+from avalanche_sparcl.checkpointing import CheckpointError
 from avalanche_sparcl.console import hide_avalanche_deprecation_notices
 from avalanche_sparcl.experiments.config import BENCHMARK_SHAPES, ConfigError, ExperimentConfig, load_config
+from avalanche_sparcl.experiments.runner import (
+    RunFolderError,
+    RunOptions,
+    check_profile_fits,
+    run_directory,
+    run_experiment,
+)
 from avalanche_sparcl.plugins.guard import NonFiniteTrainingError
 from avalanche_sparcl.reproducibility import MAX_SEED
 
@@ -66,8 +78,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def check_runnable(configs: Sequence[ExperimentConfig], device: str, smoke: bool) -> None:
-    """Fail before training if the device is missing or a benchmark's data is absent."""
+def check_runnable(configs: Sequence[ExperimentConfig], device: str, smoke: bool, out: Path) -> None:
+    """Fail before training if the device is missing, ``out`` is a file, a profile does not fit its
+    model or a benchmark's data is absent."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file, not a folder")
+    for config in configs:
+        check_profile_fits(config, smoke)
     if device == "cuda":
         import torch
 
@@ -88,9 +105,7 @@ def check_runnable(configs: Sequence[ExperimentConfig], device: str, smoke: bool
 
 def run_command(args: argparse.Namespace) -> int:
     configs = [load_config(path) for path in args.configs]
-    check_runnable(configs, args.device, args.smoke)
-    from avalanche_sparcl.experiments.runner import RunOptions, run_directory, run_experiment
-
+    check_runnable(configs, args.device, args.smoke, args.out)
     options = RunOptions(
         out_dir=args.out, device=args.device, quiet=args.quiet, smoke=args.smoke, restart=args.restart
     )
@@ -102,7 +117,7 @@ def run_command(args: argparse.Namespace) -> int:
                 f"Class-IL {100 * results['class_il_accuracy']:.2f}%, "
                 f"Task-IL {100 * results['task_il_accuracy']:.2f}%, "
                 f"training FLOPs {results['train_flops']:.3e}, {results['wall_time_s']:.1f} s "
-                f"-> {run_directory(config, seed, args.out)}",
+                f"-> {run_directory(config, seed, args.out, args.smoke)}",
                 flush=True,
             )
     return 0
@@ -119,6 +134,16 @@ def report_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def describe_os_error(error: OSError) -> str:
+    """'<file>: <reason>' (e.g. 'runs/x/checkpoint.pkl: No space left on device'), on one line."""
+    reason = error.strerror or str(error) or type(error).__name__
+    if error.filename is None:
+        return reason
+    if error.filename2 is not None:
+        return f"{error.filename} -> {error.filename2}: {reason}"
+    return f"{error.filename}: {reason}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``sparcl-bench``; returns the exit code."""
     hide_avalanche_deprecation_notices()
@@ -127,8 +152,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "run":
             return run_command(args)
         return report_command(args)
-    except (ConfigError, DatasetNotFoundError, DatasetFormatError) as error:
+    except (ConfigError, DatasetNotFoundError, DatasetFormatError, RunFolderError) as error:
         print(f"sparcl-bench: error: {error}", file=sys.stderr)
+        return USER_ERROR
+    except CheckpointError as error:
+        print(f"sparcl-bench: error: {error}; start the run over with --restart", file=sys.stderr)
+        return USER_ERROR
+    except OSError as error:
+        print(f"sparcl-bench: error: {describe_os_error(error)}", file=sys.stderr)
         return USER_ERROR
     except NonFiniteTrainingError as error:
         print(f"sparcl-bench: training failed: {error}; the last checkpoint is kept", file=sys.stderr)

@@ -4,16 +4,24 @@ loggers, and a results.json that the report reads.
 Data flows one way (DESIGN.md): config -> benchmark + model + strategy + plugins -> Avalanche's
 training loop -> metrics -> loggers and results.json. ``run_experiment`` takes per-experience
 callbacks, the place where checkpointing will hook in.
+
+A run folder is only reused for the run that produced it: ``run.json`` (written before training)
+and results.json carry the run's identity and fingerprint (see ``fingerprint``), a checkpoint is
+resumed and a finished run skipped only on an equal fingerprint, and ``run.lock`` keeps a second
+process out while one runs it.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import platform
 import re
+import shutil
 import time
 import warnings
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import metadata
@@ -27,15 +35,36 @@ from avalanche.evaluation.metrics import accuracy_metrics, forgetting_metrics, l
 from avalanche.logging import CSVLogger, InteractiveLogger, TensorboardLogger
 from avalanche.training import DER, ER_ACE, Naive
 from avalanche.training.plugins import EvaluationPlugin, ReplayPlugin
+from tensorboard.summary.writer.event_file_writer import EventFileWriter, _AsyncWriter
+from tensorboard.summary.writer.record_writer import RecordWriter
 from torch import nn
+from torch.utils.tensorboard import SummaryWriter
+from torch.utils.tensorboard.writer import FileWriter
 
 from avalanche_sparcl import benchmarks
-from avalanche_sparcl.checkpointing import maybe_resume, save_checkpoint, write_text_atomically
-from avalanche_sparcl.experiments.config import BENCHMARK_SHAPES, ExperimentConfig, build_sparse_plugin
+from avalanche_sparcl.checkpointing import (
+    PARTIAL_SUFFIX,
+    maybe_resume,
+    save_checkpoint,
+    write_text_atomically,
+)
+from avalanche_sparcl.experiments.config import (
+    BENCHMARK_SHAPES,
+    ConfigError,
+    ExperimentConfig,
+    build_sparse_plugin,
+)
+from avalanche_sparcl.experiments.fingerprint import differing_keys, fingerprint, run_identity
 from avalanche_sparcl.metrics import data_metrics, flops_metrics, sparsity_metrics, task_il_accuracy_metrics
 from avalanche_sparcl.models import ResNet18, SmallCNN
-from avalanche_sparcl.plugins import NonFiniteGuardPlugin, ReservoirReplayPlugin
+from avalanche_sparcl.plugins import NonFiniteGuardPlugin, ReservoirReplayPlugin, TDMPlugin
 from avalanche_sparcl.reproducibility import seed_everything
+from avalanche_sparcl.sparse.layers import resolve_profile
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: run folders are not locked
+    fcntl = None
 
 STRATEGY_LABELS = {"naive": "Naive", "er": "ER", "der": "DER++", "er_ace": "ER-ACE"}
 METHOD_PREFIXES = {"sparcl": "SparCL", "static": "Static", "set": "SET", "rigl": "RigL"}
@@ -51,7 +80,8 @@ stream), which still crosses an experience boundary: buffer, masks and schedules
 SMOKE_BATCH_SIZE = 8
 """``--smoke``: at most this many current (and as many buffer) examples per minibatch."""
 SMOKE_TRAIN_PER_EXPERIENCE = 16
-"""``--smoke``: random training examples per experience (at least one per class)."""
+"""``--smoke``: random training examples per experience (at least two per class: DDR never removes
+the last example of a class, so with one per class it would have nothing to remove)."""
 SMOKE_TEST_PER_EXPERIENCE = 10
 
 CLASS_IL_EXPERIENCE = re.compile(r"^Top1_Acc_Exp/eval_phase/test_stream/Task\d+/Exp(\d+)$")
@@ -106,9 +136,11 @@ def method_label(config: ExperimentConfig) -> str:
     return f"{prefix}-{strategy} {config.sparsity:.2f}{suffix}"
 
 
-def run_directory(config: ExperimentConfig, seed: int, out_dir: Path) -> Path:
-    """``<out>/<benchmark>/<config name>/seed_<seed>``: one folder per run."""
-    return Path(out_dir) / config.benchmark["name"] / config.name / f"seed_{seed}"
+def run_directory(config: ExperimentConfig, seed: int, out_dir: Path, smoke: bool = False) -> Path:
+    """``<out>/<benchmark>/<config name>/seed_<seed>``: one folder per run; ``--smoke`` runs live
+    under ``<out>/smoke/`` so they never pass for (or mix with) real ones."""
+    base = Path(out_dir) / "smoke" if smoke else Path(out_dir)
+    return base / config.benchmark["name"] / config.name / f"seed_{seed}"
 
 
 def build_benchmark(config: ExperimentConfig, seed: int, smoke: bool):
@@ -128,13 +160,13 @@ def random_benchmark_like(name: str, n_experiences: int, task_labels: bool, seed
     classes_per_experience = shape.n_classes // n_experiences
     generator = torch.Generator().manual_seed(seed)
 
-    def tensors(per_experience: int) -> tuple[torch.Tensor, torch.Tensor]:
-        per_class = max(1, per_experience // classes_per_experience)
+    def tensors(per_experience: int, at_least: int) -> tuple[torch.Tensor, torch.Tensor]:
+        per_class = max(at_least, per_experience // classes_per_experience)
         labels = torch.arange(shape.n_classes).repeat_interleave(per_class)
         return torch.rand((len(labels), *shape.input_shape), generator=generator), labels
 
-    train = tensors(SMOKE_TRAIN_PER_EXPERIENCE)
-    test = tensors(SMOKE_TEST_PER_EXPERIENCE)
+    train = tensors(SMOKE_TRAIN_PER_EXPERIENCE, at_least=2)
+    test = tensors(SMOKE_TEST_PER_EXPERIENCE, at_least=1)
     return benchmarks.tensor_benchmark(
         train, test, n_experiences, seed, task_labels, fixed_class_order=list(range(shape.n_classes))
     )
@@ -147,6 +179,25 @@ def build_model(config: ExperimentConfig, smoke: bool) -> nn.Module:
     if config.model["name"] == "resnet18":
         return ResNet18(shape.n_classes, nf=width, in_channels=channels)
     return SmallCNN(shape.n_classes, in_channels=channels, width=width)
+
+
+def check_profile_fits(config: ExperimentConfig, smoke: bool) -> None:
+    """ConfigError if the config's sparsity profile names parameters its model lacks.
+
+    The plugin finds out only when training starts; checked here, a grid fails before any run folder
+    is made.
+    """
+    plugin = build_sparse_plugin(config, seed=0)
+    tdm = plugin if isinstance(plugin, TDMPlugin) else getattr(plugin, "tdm", None)
+    if tdm is None or not tdm.settings.profile:
+        return
+    try:
+        resolve_profile(build_model(config, smoke), tdm.settings.profile)
+    except ValueError as error:
+        section = "sparcl" if config.sparcl is not None else "baseline"
+        raise ConfigError(
+            f"{config.path}: {section}.profile does not fit model {config.model['name']!r}: {error}"
+        ) from None
 
 
 def build_strategy(
@@ -206,19 +257,22 @@ def build_evaluator(run_dir: Path, quiet: bool, log_files: bool = True) -> tuple
     """
     loggers: list = []
     if log_files:
-        loggers += [TensorboardLogger(run_dir / "tensorboard"), ResumableCSVLogger(run_dir / "csv")]
+        loggers += [ResumableTensorboardLogger(run_dir / "tensorboard"), ResumableCSVLogger(run_dir / "csv")]
     if not quiet:
         loggers.append(InteractiveLogger())
-    evaluator = EvaluationPlugin(
-        accuracy_metrics(epoch=True, experience=True, stream=True),
-        loss_metrics(epoch=True, stream=True),
-        forgetting_metrics(experience=True, stream=True),
-        *task_il_accuracy_metrics(),
-        *flops_metrics(),
-        *sparsity_metrics(),
-        *data_metrics(),
-        loggers=loggers,
-    )
+    with warnings.catch_warnings():
+        # no logger is what --quiet on resume asks for: the checkpoint brings the file loggers back
+        warnings.filterwarnings("ignore", message="No loggers specified")
+        evaluator = EvaluationPlugin(
+            accuracy_metrics(epoch=True, experience=True, stream=True),
+            loss_metrics(epoch=True, stream=True),
+            forgetting_metrics(experience=True, stream=True),
+            *task_il_accuracy_metrics(),
+            *flops_metrics(),
+            *sparsity_metrics(),
+            *data_metrics(),
+            loggers=loggers,
+        )
     return evaluator, loggers
 
 
@@ -287,6 +341,66 @@ class ResumableCSVLogger(CSVLogger):
             setattr(self, attribute, open(path, "a"))  # noqa: SIM115
 
 
+class AppendingEventFileWriter(EventFileWriter):
+    """TensorBoard's event file writer, continuing an existing event file.
+
+    Its base class always starts a new file (and writes a file-version event into it); this one
+    only appends records to ``event_file``, the way the base class writes them.
+    """
+
+    def __init__(self, event_file: Path, max_queue_size: int = 10, flush_secs: int = 120) -> None:
+        self._logdir = str(event_file.parent)
+        self._file_name = str(event_file)
+        self._general_file_writer = open(event_file, "ab")  # noqa: SIM115 (closed by close())
+        self._async_writer = _AsyncWriter(RecordWriter(self._general_file_writer), max_queue_size, flush_secs)
+
+
+class AppendingSummaryWriter(SummaryWriter):
+    """torch's SummaryWriter, writing into one existing event file instead of a new one."""
+
+    def __init__(self, event_file: Path, filename_suffix: str = "") -> None:
+        self.event_file = Path(event_file)
+        super().__init__(str(self.event_file.parent), filename_suffix=filename_suffix)
+
+    def _get_file_writer(self) -> FileWriter:
+        if self.all_writers is None or self.file_writer is None:
+            file_writer = FileWriter.__new__(FileWriter)  # its __init__ would start a new event file
+            file_writer.event_writer = AppendingEventFileWriter(
+                self.event_file, self.max_queue, self.flush_secs
+            )
+            self.file_writer = file_writer
+            self.all_writers = {file_writer.get_logdir(): file_writer}
+        return self.file_writer
+
+
+class ResumableTensorboardLogger(TensorboardLogger):
+    """Avalanche's TensorboardLogger, whose event file survives a checkpoint.
+
+    Avalanche's own opens a new event file when unpickled, next to the old one, which still holds the
+    events of the interrupted experience: TensorBoard then shows that experience twice. This one cuts
+    its file back to its length at checkpoint time and continues it, as ResumableCSVLogger does.
+    """
+
+    def __getstate__(self) -> dict[str, Any]:
+        self.writer.flush()
+        event_file = Path(self.writer._get_file_writer().event_writer._file_name)
+        return {
+            "event_file": str(event_file),
+            "length": event_file.stat().st_size,
+            "filename_suffix": self.writer.filename_suffix,
+        }
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        event_file = Path(state["event_file"])
+        if event_file.is_file() and event_file.stat().st_size >= state["length"]:
+            with open(event_file, "ab") as stream:
+                stream.truncate(state["length"])
+            self.writer = AppendingSummaryWriter(event_file, state["filename_suffix"])
+            weakref.finalize(self, SummaryWriter.close, self.writer)
+        else:  # the file was removed or cut short since: start a new one
+            self.writer = self._make_writer(event_file.parent, state["filename_suffix"])
+
+
 class RunProgress(SupervisedPlugin):
     """What a run has measured so far, kept among the strategy's plugins so the checkpoint holds it."""
 
@@ -302,12 +416,102 @@ class RunProgress(SupervisedPlugin):
 
 CHECKPOINT_NAME = "checkpoint.pkl"
 RESULTS_NAME = "results.json"
+RUN_NAME = "run.json"
+"""The identity and fingerprint of the run a folder's checkpoint belongs to, written before training."""
+LOCK_NAME = "run.lock"
+LOGGER_FOLDERS = ("tensorboard", "csv")
+WAYS_OUT = "start it over with --restart, or use another --out"
+
+
+class RunFolderError(ValueError):
+    """A run folder that cannot serve the requested run (another run's, damaged, or in use); the
+    command line prints it as one line (exit 2)."""
+
+
+class RunLock:
+    """Holds a run folder for one process, from before it reads the folder until the run ends.
+
+    The lock is an ``flock`` on ``run.lock``, which the kernel drops however the process ends, so the
+    file a killed run leaves behind (it holds the holder's pid, for the message) blocks nobody. The
+    file is never deleted: deleting it would let two processes lock two different files.
+    """
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = Path(run_dir) / LOCK_NAME
+        self.stream: Any = None
+
+    def __enter__(self) -> RunLock:
+        stream = open(self.path, "a+")  # noqa: SIM115 (kept open while the lock is held)
+        try:
+            if fcntl is not None:
+                fcntl.flock(stream.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            stream.truncate(0)
+            stream.write(f"{os.getpid()}\n")
+            stream.flush()
+        except BlockingIOError:
+            stream.seek(0)
+            holder = stream.read().strip() or "unknown"
+            stream.close()
+            raise RunFolderError(
+                f"{self.path.parent} is being run by another process (pid {holder}); "
+                "wait for it to finish, or use another --out"
+            ) from None
+        except BaseException:
+            stream.close()
+            raise
+        self.stream = stream
+        return self
+
+    def __exit__(self, *exception: object) -> None:
+        self.stream.close()  # releases the lock
+        self.stream = None
+
+
+def read_json_record(path: Path) -> dict[str, Any] | None:
+    """The JSON object in ``path`` (None if there is no file); RunFolderError if it is damaged."""
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as error:
+        problem = f"not valid JSON (not UTF-8 text: {error.reason})"
+    except json.JSONDecodeError as error:
+        problem = f"not valid JSON (line {error.lineno}, column {error.colno}: {error.msg})"
+    else:
+        if isinstance(record, dict):
+            return record
+        problem = f"not a JSON object but a {type(record).__name__}"
+    raise RunFolderError(f"{path}: {problem}; start the run over with --restart")
 
 
 def finished_results(run_dir: Path) -> dict[str, Any] | None:
     """The results of a run that already finished (its results.json is written last), else None."""
-    path = run_dir / RESULTS_NAME
-    return json.loads(path.read_text()) if path.is_file() else None
+    return read_json_record(run_dir / RESULTS_NAME)
+
+
+def check_same_run(run_dir: Path, stored: dict[str, Any], identity: dict[str, Any], what: str) -> None:
+    """RunFolderError unless ``stored`` (run.json or results.json) has the requested fingerprint."""
+    if "fingerprint" not in stored:
+        raise RunFolderError(
+            f"{run_dir} holds {what} without a fingerprint, so what produced it is unknown; {WAYS_OUT}"
+        )
+    if stored["fingerprint"] == fingerprint(identity):
+        return
+    keys = differing_keys(stored.get("identity") or {}, identity) or ["fingerprint"]
+    raise RunFolderError(
+        f"{run_dir} holds {what} of another configuration (differs in {', '.join(keys)}); {WAYS_OUT}"
+    )
+
+
+def clear_run_folder(run_dir: Path) -> None:
+    """Remove what an earlier run wrote (results, checkpoint, identity, logs), before a fresh start."""
+    for name in (RESULTS_NAME, CHECKPOINT_NAME, RUN_NAME):
+        (run_dir / name).unlink(missing_ok=True)
+    for leftover in run_dir.glob(f"*{PARTIAL_SUFFIX}"):
+        leftover.unlink(missing_ok=True)
+    for name in LOGGER_FOLDERS:
+        if (run_dir / name).is_dir():
+            shutil.rmtree(run_dir / name)
 
 
 def run_experiment(
@@ -319,22 +523,51 @@ def run_experiment(
     """Train and evaluate one config with one seed; write and return its results.json content.
 
     A checkpoint is saved after every experience (trained, then evaluated). A run folder holding one
-    resumes from it; one holding results.json is finished and not rerun; ``options.restart`` starts
-    over.
+    of the same run (equal fingerprint, see ``run.json``) resumes from it; one holding results.json of
+    the same run is finished and not rerun; another run's checkpoint or results raise RunFolderError.
+    ``options.restart`` starts over, deleting the folder's earlier results, checkpoint and logs.
     """
-    run_dir = run_directory(config, seed, options.out_dir)
-    checkpoint = run_dir / CHECKPOINT_NAME
-    if options.restart:
-        for path in (run_dir / RESULTS_NAME, checkpoint):
-            path.unlink(missing_ok=True)
-    elif (done := finished_results(run_dir)) is not None:
-        return done
+    identity = run_identity(config, options.smoke)
+    run_dir = run_directory(config, seed, options.out_dir, options.smoke)
+    check_profile_fits(config, options.smoke)
     run_dir.mkdir(parents=True, exist_ok=True)
+    with RunLock(run_dir):
+        if not options.restart and (done := finished_results(run_dir)) is not None:
+            check_same_run(run_dir, done, identity, "a finished run")
+            return done
+        resume = not options.restart and (run_dir / CHECKPOINT_NAME).is_file()
+        if resume:
+            stored = read_json_record(run_dir / RUN_NAME)
+            if stored is None:
+                raise RunFolderError(
+                    f"{run_dir} holds a {CHECKPOINT_NAME} without {RUN_NAME}, so what produced it is "
+                    f"unknown; {WAYS_OUT}"
+                )
+            check_same_run(run_dir, stored, identity, "an interrupted run")
+        else:
+            clear_run_folder(run_dir)
+            record = {"identity": identity, "fingerprint": fingerprint(identity)}
+            write_text_atomically(run_dir / RUN_NAME, json.dumps(record, indent=2, allow_nan=True) + "\n")
+        return train_and_evaluate(config, seed, options, run_dir, identity, resume, on_experience_end)
+
+
+def train_and_evaluate(
+    config: ExperimentConfig,
+    seed: int,
+    options: RunOptions,
+    run_dir: Path,
+    identity: dict[str, Any],
+    resume: bool,
+    on_experience_end: Sequence[ExperienceCallback],
+) -> dict[str, Any]:
+    """The run itself, from its checkpoint if ``resume``: train, evaluate, checkpoint, results.json
+    (labelled with ``identity``, the one checked against the folder's run.json)."""
+    checkpoint = run_dir / CHECKPOINT_NAME
     seed_everything(seed)
     benchmark = build_benchmark(config, seed, options.smoke)
     model = build_model(config, options.smoke)
     sparse_plugin = build_sparse_plugin(config, seed)
-    evaluator, _ = build_evaluator(run_dir, options.quiet, log_files=not checkpoint.is_file())
+    evaluator, _ = build_evaluator(run_dir, options.quiet, log_files=not resume)
     plugins = [RunProgress(), NonFiniteGuardPlugin()] + ([] if sparse_plugin is None else [sparse_plugin])
     strategy = build_strategy(config, model, plugins, evaluator, options, seed)
     strategy, next_experience = maybe_resume(strategy, checkpoint, map_location=options.device)
@@ -383,6 +616,8 @@ def run_experiment(
         "device": options.device,
         "config_path": str(config.path),
         "config": config.to_dict(),
+        "identity": identity,
+        "fingerprint": fingerprint(identity),
         "versions": package_versions(),
         "class_il_accuracy": stream_value(metrics, "Top1_Acc_Stream"),
         "task_il_accuracy": stream_value(metrics, "TaskIL_Top1_Acc_Stream"),
