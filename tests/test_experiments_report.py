@@ -306,6 +306,18 @@ def test_unfinished_runs_are_listed_in_the_report(two_configs, tmp_path):
     assert f"`{finished}`" not in text
 
 
+def test_the_report_command_prints_the_unfinished_runs(two_configs, tmp_path, capsys):
+    dense, _ = two_configs
+    runs_dir = tmp_path / "runs"
+    write_run(runs_dir, fake_results(dense, 0))
+    interrupted = runs_dir / "split_digits" / "sparse" / "seed_0"
+    interrupted.mkdir(parents=True)
+    (interrupted / "checkpoint.pkl").write_bytes(b"not a real checkpoint")
+    assert main(["report", str(runs_dir), "--out", str(tmp_path / "out")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-2:] == ["unfinished runs, not in the table (1):", f"  {interrupted}"]
+
+
 def test_only_unfinished_runs_is_a_user_error_that_names_them(tmp_path):
     interrupted = tmp_path / "split_digits" / "sparse" / "seed_0"
     interrupted.mkdir(parents=True)

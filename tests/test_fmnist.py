@@ -330,7 +330,8 @@ def test_smoke_run_of_a_split_fmnist_config(tmp_path, capsys):
     path = write_config(tmp_path, tmp_path / "no-data-needed")
     out = tmp_path / "runs"
     assert main(["run", str(path), "--smoke", "--quiet", "--out", str(out)]) == 0
-    results = json.loads((out / "smoke" / "split_fmnist" / "fmnist_er" / "seed_0" / "results.json").read_text())
+    run_dir = out / "smoke" / "split_fmnist" / "fmnist_er" / "seed_0"
+    results = json.loads((run_dir / "results.json").read_text())
     assert (results["benchmark"], results["method"], results["smoke"]) == ("split_fmnist", "ER", True)
     for kind in ("class_il", "task_il"):
         matrix = results["accuracy_matrix"][kind]

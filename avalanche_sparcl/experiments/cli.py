@@ -131,6 +131,10 @@ def report_command(args: argparse.Namespace) -> int:
     print()
     print(f"report: {report.markdown_path}")
     print(f"accuracy vs training FLOPs: {report.accuracy_vs_flops_path}")
+    if report.unfinished_runs:
+        print(f"unfinished runs, not in the table ({len(report.unfinished_runs)}):")
+        for run_dir in report.unfinished_runs:
+            print(f"  {run_dir}")
     return 0
 
 
