@@ -419,3 +419,17 @@ def test_the_cli_reports_no_traceback_for_an_unexpected_file_system_error(tmp_pa
     assert main(smoke_arguments(tiny_config(tmp_path), tmp_path / "runs")) == 2
     results = run_folder(tmp_path / "runs") / "results.json"
     assert one_error_line(capsys) == f"sparcl-bench: error: {results}: Read-only file system"
+
+
+def test_the_demo_reports_a_foreign_run_folder_in_one_line(tmp_path, capsys):
+    from avalanche_sparcl.demo import main as demo_main
+
+    run_dir = tmp_path / "runs" / "split_digits" / "der_buf200" / "seed_0"
+    run_dir.mkdir(parents=True)
+    (run_dir / "results.json").write_text('{"name": "der_buf200"}\n')
+    assert demo_main(["--seeds", "0", "--out", str(tmp_path)]) == 2
+    captured = capsys.readouterr()
+    assert captured.err == (
+        f"demo: error: {run_dir} holds a finished run without a fingerprint, so what produced it is "
+        "unknown; start it over with --restart, or use another --out\n"
+    )

@@ -148,6 +148,17 @@ def describe_os_error(error: OSError) -> str:
     return f"{error.filename}: {reason}"
 
 
+def user_error_message(error: Exception) -> str | None:
+    """The one line a user error is reported with (exit code 2), or None for any other exception."""
+    if isinstance(error, (ConfigError, DatasetNotFoundError, DatasetFormatError, RunFolderError)):
+        return str(error)
+    if isinstance(error, CheckpointError):
+        return f"{error}; start the run over with --restart"
+    if isinstance(error, OSError):
+        return describe_os_error(error)
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``sparcl-bench``; returns the exit code."""
     hide_avalanche_deprecation_notices()
@@ -156,18 +167,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "run":
             return run_command(args)
         return report_command(args)
-    except (ConfigError, DatasetNotFoundError, DatasetFormatError, RunFolderError) as error:
-        print(f"sparcl-bench: error: {error}", file=sys.stderr)
-        return USER_ERROR
-    except CheckpointError as error:
-        print(f"sparcl-bench: error: {error}; start the run over with --restart", file=sys.stderr)
-        return USER_ERROR
-    except OSError as error:
-        print(f"sparcl-bench: error: {describe_os_error(error)}", file=sys.stderr)
-        return USER_ERROR
     except NonFiniteTrainingError as error:
         print(f"sparcl-bench: training failed: {error}; the last checkpoint is kept", file=sys.stderr)
         return TRAINING_FAILED
+    except Exception as error:
+        message = user_error_message(error)
+        if message is None:
+            raise
+        print(f"sparcl-bench: error: {message}", file=sys.stderr)
+        return USER_ERROR
 
 
 if __name__ == "__main__":
