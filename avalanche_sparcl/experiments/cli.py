@@ -3,6 +3,7 @@
     sparcl-bench run CONFIG.yaml [CONFIG ...] [--out runs/] [--seeds 0 1 2] [--device cpu|cuda]
                      [--quiet] [--smoke] [--restart]
     sparcl-bench report RUNS_DIR [--out report/]
+    sparcl-bench export RUN_DIR --out DIR [--onnx]
 
 User errors (a bad config or profile, missing data, no CUDA, ``--out`` not a folder) print one line
 on stderr and exit with code 2, before any training starts. A run folder with a checkpoint of the same
@@ -75,6 +76,14 @@ def build_parser() -> argparse.ArgumentParser:
     report = commands.add_parser("report", help="Markdown table and plots from the runs under RUNS_DIR")
     report.add_argument("runs_dir", type=Path, metavar="RUNS_DIR")
     report.add_argument("--out", type=Path, default=Path("report"), help="output folder (default: report)")
+    export = commands.add_parser(
+        "export", help="the trained model of a finished run as a compact sparse file (and ONNX)"
+    )
+    export.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a finished run's folder")
+    export.add_argument("--out", type=Path, required=True, help="folder for model.sparse (and model.onnx)")
+    export.add_argument(
+        "--onnx", action="store_true", help="also write model.onnx (needs avalanche-sparcl[export])"
+    )
     return parser
 
 
@@ -148,6 +157,13 @@ def describe_os_error(error: OSError) -> str:
     return f"{error.filename}: {reason}"
 
 
+def export_command(args: argparse.Namespace) -> int:
+    from avalanche_sparcl.experiments.export_run import export_run
+
+    print(export_run(args.run_dir, args.out, onnx=args.onnx).summary())
+    return 0
+
+
 def user_error_message(error: Exception) -> str | None:
     """The one line a user error is reported with (exit code 2), or None for any other exception."""
     if isinstance(error, (ConfigError, DatasetNotFoundError, DatasetFormatError, RunFolderError)):
@@ -166,6 +182,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "run":
             return run_command(args)
+        if args.command == "export":
+            return export_command(args)
         return report_command(args)
     except NonFiniteTrainingError as error:
         print(f"sparcl-bench: training failed: {error}; the last checkpoint is kept", file=sys.stderr)
