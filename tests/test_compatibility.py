@@ -478,3 +478,46 @@ def test_strategies_training_on_more_than_the_experience_keep_tdm_exact(strategy
     # Cumulative: 272, then 272 + 270 examples; JointTraining: all 542 at once
     expected = {Cumulative: (5 + 9, 2), JointTraining: (9, 1)}[strategy_class]
     assert (audit.checks["step"], audit.checks["experience"]) == expected
+
+
+class DriftingSGD(torch.optim.SGD):
+    """An optimizer SparCL does not know: it may move a zero weight, so TDM must zero pruned weights
+    again after its steps."""
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = super().step(closure)
+        for group in self.param_groups:
+            for param in group["params"]:
+                param.add_(1e-3)
+        return loss
+
+
+@pytest.mark.parametrize(
+    "make_optimizer",
+    [
+        lambda params: torch.optim.Adam(params, lr=1e-3, weight_decay=1e-2),
+        lambda params: torch.optim.AdamW(params, lr=1e-3, weight_decay=1e-2),
+        lambda params: torch.optim.SGD(params, lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4),
+        lambda params: torch.optim.RMSprop(params, lr=1e-3, momentum=0.5),
+        lambda params: DriftingSGD(params, lr=0.05),
+    ],
+    ids=["adam", "adamw", "sgd_nesterov_decay", "rmsprop", "unknown_optimizer"],
+)
+def test_pruned_weights_stay_zero_with_every_optimizer(make_optimizer, digits_benchmark):
+    """Known optimizers leave zeros in place (zero gradient, zero state); others are re-masked."""
+    torch.manual_seed(0)
+    model = SmallCNN(width=8)
+    sparcl = tdm_and_dgm()
+    audit = InvariantAudit(sparcl)
+    strategy = Naive(
+        model=model,
+        optimizer=make_optimizer(model.parameters()),
+        train_mb_size=64,
+        train_epochs=2,
+        plugins=[sparcl, audit],
+        evaluator=quiet_evaluator(),
+    )
+    for experience in digits_benchmark.train_stream[:2]:
+        strategy.train(experience)
+    assert audit.checks == {"forward": 20, "step": 20, "experience": 2}

@@ -45,6 +45,7 @@ class DGMPlugin(SupervisedPlugin):
             self.tdm = self.tdm or preceding_tdm(strategy, self)
             if self.tdm is not None:
                 params = self.tdm.dynamic_sparsity.params
+                self.tdm.gradients_masked_by_dgm = True  # DGM's masks zero the pruned weights' gradients
             else:
                 names = default_sparse_weights(strategy.model, lambda: probe_forward(strategy))
                 params = parameters_named(strategy.model, names)

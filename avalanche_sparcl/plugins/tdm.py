@@ -32,6 +32,7 @@ class TDMPlugin(SupervisedPlugin):
         self.settings = TDMSettings(sparsity=sparsity, **options)
         self.dynamic_sparsity: DynamicSparsity | None = None
         self.step_hooks = OptimizerStepHooks(self._mask_gradients_at_step, self._mask_weights_at_step)
+        self.gradients_masked_by_dgm = False  # set by a DGMPlugin working on these masks
 
     @property
     def masks(self) -> dict[str, torch.Tensor]:
@@ -79,9 +80,11 @@ class TDMPlugin(SupervisedPlugin):
         self.dynamic_sparsity.mask_weights()
 
     def _mask_gradients_at_step(self) -> None:
-        """Zero the gradients of pruned weights after every other plugin edited them (GEM, A-GEM)."""
-        self.dynamic_sparsity.mask_gradients()
+        """Zero the gradients of pruned weights after every other plugin edited them (GEM, A-GEM),
+        unless DGM masks them (its mask is a subset of the weight mask: one multiplication, not two)."""
+        if not self.gradients_masked_by_dgm:
+            self.dynamic_sparsity.mask_gradients()
 
     def _mask_weights_at_step(self) -> None:
-        """Re-zero pruned weights, so momentum or weight decay never revive them."""
-        self.dynamic_sparsity.mask_weights()
+        """Keep pruned weights at zero across the step (see ``DynamicSparsity.after_optimizer_step``)."""
+        self.dynamic_sparsity.after_optimizer_step(self.step_hooks.optimizer)

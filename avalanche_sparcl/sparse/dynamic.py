@@ -42,6 +42,20 @@ from avalanche_sparcl.validation import check_choice, check_fraction, check_non_
 
 REGROW_CRITERIA = ("random", "gradient")
 
+ZERO_PRESERVING_OPTIMIZERS = (
+    torch.optim.SGD,
+    torch.optim.Adam,
+    torch.optim.AdamW,
+    torch.optim.NAdam,
+    torch.optim.RAdam,
+    torch.optim.Adamax,
+    torch.optim.Adagrad,
+    torch.optim.RMSprop,
+)
+"""Optimizers whose update of a weight is zero when its gradient, its per-weight state and the weight
+itself are zero (weight decay, coupled or decoupled, scales the weight). Exact classes only: a
+subclass may change the update."""
+
 
 @dataclass(frozen=True)
 class TDMSettings:
@@ -198,6 +212,8 @@ class DynamicSparsity:
         )
         grow = {name: round(p.numel() * self.settings.expand_ratio) for name, p in self.params.items()}
         self._change("expand", 0.0, dict.fromkeys(grow, 0), grow, optimizer)
+        if optimizer is not None:
+            self.clear_pruned_optimizer_state(optimizer)
 
     def finish_experience(self, optimizer: torch.optim.Optimizer | None = None) -> None:
         """Shrink back to the target if the experience was too short for its scheduled shrink."""
@@ -228,14 +244,35 @@ class DynamicSparsity:
         return kind
 
     def observe_gradients(self) -> None:
-        """Add this iteration's gradients to CWI (before any gradient is masked)."""
-        self.importance.accumulate()
+        """Add this iteration's gradients to CWI (before any gradient is masked), while a mask update
+        is still to come: once the mask is frozen no update reads the window."""
+        if self.schedule.updates_left:
+            self.importance.accumulate()
 
     def mask_gradients(self) -> None:
         """Zero the gradients of pruned weights (one fused multi-tensor op on GPUs)."""
         names = [name for name, param in self.params.items() if param.grad is not None]
         if names:
             torch._foreach_mul_([self.params[n].grad for n in names], [self.masks[n] for n in names])
+
+    def after_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Keep pruned weights at zero across an optimizer step.
+
+        The pruned weights' gradients are zero at the step and their optimizer state is zero (cleared
+        whenever a weight is pruned or regrown, and at every experience start), so the optimizers in
+        ``ZERO_PRESERVING_OPTIMIZERS`` leave them at zero, weight decay included (it scales the
+        weight): nothing to do but note the weights' versions. Any other optimizer may move a zero, so
+        the pruned weights are zeroed again.
+        """
+        if type(optimizer) in ZERO_PRESERVING_OPTIMIZERS:
+            self.masked_versions = [param._version for param in self.params.values()]
+        else:
+            self.mask_weights()
+
+    def clear_pruned_optimizer_state(self, optimizer: torch.optim.Optimizer) -> None:
+        """Zero the optimizer state (momentum, Adam moments) of every pruned weight."""
+        for name, param in self.params.items():
+            clear_optimizer_state(optimizer, param, ~self.masks[name])
 
     @torch.no_grad()
     def mask_weights(self) -> None:

@@ -68,6 +68,11 @@ class ExperienceSchedule:
         self.updates = updates
         self.next_index = 0
 
+    @property
+    def updates_left(self) -> bool:
+        """Whether a mask update is still to come in this experience (else the mask is frozen)."""
+        return self.next_index < len(self.updates)
+
     def due(self, epoch: int, iteration: int, iterations_per_epoch: int) -> MaskUpdateKind | None:
         """The update to run before this iteration, if any.
 
