@@ -4,16 +4,22 @@ Trains the same strategy with SparCLPlugin for a few epochs and times every call
 (Avalanche hooks of each part, and the optimizer step hooks of TDM and DGM), next to the whole step,
 on two models: ResNet-18 (paper variant) and a CNN with a wide hidden Linear layer.
 
-    python benchmarks/plugin_profile.py [--device cpu] [--steps 60]
+    python benchmarks/plugin_profile.py [--device cpu] [--steps 60] [--docs]
+
+``--docs`` rewrites the "Where the plugin's time goes" section of docs/benchmarks.md; `make bench`
+regenerates the same section with the rest of the page.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import statistics
+import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -24,7 +30,11 @@ from torch import nn
 
 from avalanche_sparcl import SparCLPlugin
 from avalanche_sparcl.benchmarks import tensor_benchmark
+from avalanche_sparcl.experiments.report import replace_section
 from avalanche_sparcl.models import ResNet18
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 
 
 class WideLinearCNN(nn.Module):
@@ -143,12 +153,40 @@ def profile_table(device: str = "cpu", steps: int = 60) -> str:
     return "\n".join(lines)
 
 
+PROFILE_SECTION = "plugin_profile"
+
+
+def profile_section(machine: str, device: str = "cpu", steps: int = 60) -> str:
+    """The docs section: how it was measured, then the tables."""
+    return "\n".join(
+        [
+            "## Where the plugin's time goes (CPU)",
+            "",
+            f"Measured on {datetime.date.today().isoformat()}, {machine}, by `python "
+            "benchmarks/plugin_profile.py`: every call SparCL's parts make in a training step (their "
+            "Avalanche hooks and the optimizer step hooks) timed inside one training run of 2 epochs "
+            f"of {steps} minibatches, averaged over all steps (TDM's mask updates and DGM's refreshes "
+            "included), next to the median whole step. `TDM.before_training_iteration` is the mask "
+            "updates, `DGM before optimizer step` the gradient masking with its top-k refreshes, "
+            "`TDM.after_backward` the importance accumulation.",
+            "",
+            profile_table(device, steps),
+        ]
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--steps", type=int, default=60, help="minibatches per epoch (2 epochs)")
+    parser.add_argument("--docs", action="store_true", help="write the section of docs/benchmarks.md")
     args = parser.parse_args()
-    print(profile_table(args.device, args.steps))
+    from run import machine_description
+
+    content = profile_section(machine_description(), args.device, args.steps)
+    if args.docs:
+        replace_section(DOCS, PROFILE_SECTION, content)
+    print(content)
 
 
 if __name__ == "__main__":

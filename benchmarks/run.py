@@ -6,9 +6,10 @@ docs/benchmarks.md and docs/benchmarks.json (figures, machine description and da
 1. plugin overhead per training step and plugin state, ResNet-18 (paper variant, nf 16) on the CPU;
 2. whole runs on Split Digits, several seeds: dense DER++ and ER against SparCL-DER++ and SparCL-ER at
    weight sparsity 0.75 / 0.90 / 0.95 (accuracy, training FLOPs ratio, wall-clock ratio);
-3. the edge export (``avalanche_sparcl.export``): sparse-file and ONNX sizes of ResNet-18, ONNX
+3. the time SparCL spends in each of its hooks per step (``benchmarks/plugin_profile.py``);
+4. the edge export (``avalanche_sparcl.export``): sparse-file and ONNX sizes of ResNet-18, ONNX
    Runtime latency against PyTorch eager (also written alone by ``benchmarks/export_report.py``);
-4. the same overhead measurement on a CUDA GPU (ResNet-18 at full width), measured here when this
+5. the same overhead measurement on a CUDA GPU (ResNet-18 at full width), measured here when this
    machine has one, else read from docs/benchmarks_gpu.json if a GPU machine wrote it with
    ``python benchmarks/overhead.py --device cuda --nf 64 --json docs/benchmarks_gpu.json``.
 """
@@ -32,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from export_report import EXPORT_SECTION, export_section  # noqa: E402
 from overhead import measure as measure_overhead  # noqa: E402
 from overhead import parse_args as overhead_args  # noqa: E402
+from plugin_profile import PROFILE_SECTION, profile_section  # noqa: E402
 
 from avalanche_sparcl.console import hide_avalanche_deprecation_notices  # noqa: E402
 from avalanche_sparcl.experiments.config import load_config  # noqa: E402
@@ -312,6 +314,9 @@ def main(argv: list[str] | None = None) -> None:
     }
     (args.docs / "benchmarks.json").write_text(json.dumps(report, indent=2) + "\n")
     markdown = write_markdown(report)
+    print("time per plugin hook ...", flush=True)
+    start, end = section_markers(PROFILE_SECTION)
+    markdown += f"\n{start}\n{profile_section(report['machine']).rstrip()}\n{end}\n"
     print("edge export sizes and latency ...", flush=True)
     start, end = section_markers(EXPORT_SECTION)
     markdown += f"\n{start}\n{export_section(report['machine']).rstrip()}\n{end}\n"
