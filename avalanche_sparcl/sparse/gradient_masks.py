@@ -48,9 +48,17 @@ class GradientMasking:
         return refresh
 
     def select(self, gradient: Tensor, active: Tensor | None) -> Tensor:
-        """The largest-|grad| ``1 - gradient_sparsity`` share of the active entries."""
+        """The largest-|grad| ``1 - gradient_sparsity`` share of the active entries.
+
+        The selection runs on the active entries only (a quarter of the layer at 75% weight
+        sparsity), not on the whole tensor.
+        """
         magnitude = gradient.detach().abs()
-        n_active = magnitude.numel() if active is None else int(active.sum())
-        if active is not None:
-            magnitude = magnitude.masked_fill(~active, -1.0)
-        return top_k_mask(magnitude, kept_count(n_active, self.gradient_sparsity))
+        if active is None:
+            return top_k_mask(magnitude, kept_count(magnitude.numel(), self.gradient_sparsity))
+        positions = active.flatten().nonzero().squeeze(1)
+        n_kept = kept_count(len(positions), self.gradient_sparsity)
+        selected = top_k_mask(magnitude.flatten()[positions], n_kept)
+        mask = torch.zeros(magnitude.numel(), dtype=torch.bool, device=magnitude.device)
+        mask[positions[selected]] = True
+        return mask.view_as(gradient)

@@ -17,10 +17,21 @@ def kept_count(numel: int, sparsity: float) -> int:
 
 
 def top_k_mask(scores: Tensor, k: int) -> Tensor:
-    """Mask keeping the ``k`` largest entries of ``scores``."""
-    mask = torch.zeros(scores.numel(), dtype=torch.bool, device=scores.device)
-    if k > 0:
-        mask[torch.topk(scores.flatten(), k, sorted=False).indices] = True
+    """Mask keeping the ``k`` largest entries of ``scores``.
+
+    Selects from the smaller side: above half of the entries it drops the ``numel - k`` smallest
+    instead, a cheaper top-k (DGM keeps 80% of the active gradients).
+    """
+    flat = scores.flatten()
+    n_drop = flat.numel() - k
+    if k <= n_drop:
+        mask = torch.zeros(flat.numel(), dtype=torch.bool, device=scores.device)
+        if k > 0:
+            mask[torch.topk(flat, k, sorted=False).indices] = True
+    else:
+        mask = torch.ones(flat.numel(), dtype=torch.bool, device=scores.device)
+        if n_drop > 0:
+            mask[torch.topk(flat, n_drop, largest=False, sorted=False).indices] = False
     return mask.view_as(scores)
 
 
