@@ -284,6 +284,10 @@ SPLIT_FMNIST_SECTION = "split_fmnist"
 take most of an hour, so `make bench` keeps the last one instead of rerunning them)."""
 
 
+SHORT_SCHEDULE_SECTIONS = ("short_schedules_split_digits", "short_schedules_split_fmnist_quick")
+"""Sections written by experiments/short_schedules.py (45 runs per benchmark), kept by `make bench`."""
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -321,6 +325,8 @@ def main(argv: list[str] | None = None) -> None:
     start, end = section_markers(EXPORT_SECTION)
     markdown += f"\n{start}\n{export_section(report['machine']).rstrip()}\n{end}\n"
     markdown += kept_section(args.docs / "benchmarks.md", SPLIT_FMNIST_SECTION)
+    for section in SHORT_SCHEDULE_SECTIONS:
+        markdown += kept_section(args.docs / "benchmarks.md", section)
     (args.docs / "benchmarks.md").write_text(markdown)
     print(markdown)
 
