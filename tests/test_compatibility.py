@@ -96,6 +96,19 @@ def sgd(model):
     return torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
 
 
+def naive(model, plugins, epochs, optimizer=None, metrics=(), **options):
+    """Naive with batch 64, SGD with momentum unless another optimizer is given, no loggers."""
+    return Naive(
+        model=model,
+        optimizer=optimizer or sgd(model),
+        train_mb_size=64,
+        train_epochs=epochs,
+        plugins=plugins,
+        evaluator=quiet_evaluator(*metrics),
+        **options,
+    )
+
+
 def tdm_and_dgm(**options):
     """TDM and DGM (DDR off), the parts every strategy below must keep exact."""
     return SparCLPlugin(sparsity=0.8, removal_ratio=0, gradient_sparsity=0.3, **options)
@@ -199,14 +212,8 @@ def test_early_stopping_restore_leaves_pruned_weights_zero(digits_benchmark):
     sparcl = tdm_and_dgm()
     audit = InvariantAudit(sparcl)
     never_better = EarlyStoppingPlugin(patience=2, val_stream_name="test", margin=1.0, verbose=False)
-    strategy = Naive(
-        model=model,
-        optimizer=sgd(model),
-        train_mb_size=64,
-        train_epochs=6,
-        eval_every=1,
-        plugins=[sparcl, never_better, audit],
-        evaluator=quiet_evaluator(accuracy_metrics(stream=True)),
+    strategy = naive(
+        model, [sparcl, never_better, audit], epochs=6, metrics=[accuracy_metrics(stream=True)], eval_every=1
     )
     test_stream = digits_benchmark.test_stream
     restores = Counter()
@@ -225,14 +232,7 @@ def test_from_scratch_training_starts_every_experience_sparse(digits_benchmark):
     model = SmallCNN()
     sparcl = tdm_and_dgm()
     audit = InvariantAudit(sparcl)
-    strategy = Naive(
-        model=model,
-        optimizer=sgd(model),
-        train_mb_size=64,
-        train_epochs=1,
-        plugins=[sparcl, FromScratchTrainingPlugin(), audit],
-        evaluator=quiet_evaluator(),
-    )
+    strategy = naive(model, [sparcl, FromScratchTrainingPlugin(), audit], epochs=1)
     for experience in digits_benchmark.train_stream[:3]:
         strategy.train(experience)
     assert audit.checks == {"forward": 15, "step": 15, "experience": 3}
@@ -261,14 +261,7 @@ def test_shared_weights_are_masked_once_under_their_first_name(digits_benchmark)
     model = TiedCNN()
     sparcl = tdm_and_dgm()
     audit = InvariantAudit(sparcl)
-    strategy = Naive(
-        model=model,
-        optimizer=sgd(model),
-        train_mb_size=64,
-        train_epochs=1,
-        plugins=[sparcl, audit],
-        evaluator=quiet_evaluator(),
-    )
+    strategy = naive(model, [sparcl, audit], epochs=1)
     strategy.train(digits_benchmark.train_stream[0])
     assert list(sparcl.masks) == ["block.weight"]
     assert int((~sparcl.masks["block.weight"]).sum()) == round(16 * 16 * 9 * 0.8)
@@ -433,13 +426,8 @@ def test_compiled_model_trains_sparse_and_costs_what_the_model_costs(digits_benc
         trained = torch.compile(model, backend="eager") if compiled else model
         sparcl = tdm_and_dgm()
         audit = InvariantAudit(sparcl)
-        strategy = Naive(
-            model=trained,
-            optimizer=sgd(model),
-            train_mb_size=64,
-            train_epochs=1,
-            plugins=[sparcl, audit],
-            evaluator=quiet_evaluator(*flops_metrics(breakdown=True)),
+        strategy = naive(
+            trained, [sparcl, audit], epochs=1, optimizer=sgd(model), metrics=flops_metrics(breakdown=True)
         )
         for experience in digits_benchmark.train_stream[:2]:
             strategy.train(experience)
@@ -510,14 +498,7 @@ def test_pruned_weights_stay_zero_with_every_optimizer(make_optimizer, digits_be
     model = SmallCNN(width=8)
     sparcl = tdm_and_dgm()
     audit = InvariantAudit(sparcl)
-    strategy = Naive(
-        model=model,
-        optimizer=make_optimizer(model.parameters()),
-        train_mb_size=64,
-        train_epochs=2,
-        plugins=[sparcl, audit],
-        evaluator=quiet_evaluator(),
-    )
+    strategy = naive(model, [sparcl, audit], epochs=2, optimizer=make_optimizer(model.parameters()))
     for experience in digits_benchmark.train_stream[:2]:
         strategy.train(experience)
     assert audit.checks == {"forward": 20, "step": 20, "experience": 2}

@@ -15,7 +15,7 @@ from avalanche_sparcl.experiments.cli import main
 from avalanche_sparcl.experiments.config import ConfigError, ExperimentConfig, load_config
 from avalanche_sparcl.experiments.fingerprint import fingerprint, run_identity
 from avalanche_sparcl.experiments.report import TABLE_HEADER, write_report
-from avalanche_sparcl.experiments.runner import RunOptions, method_label, run_experiment
+from avalanche_sparcl.experiments.runner import RunOptions, run_experiment, run_labels
 
 BASE = Path(__file__).resolve().parents[1] / "experiments" / "configs" / "base" / "split_digits.yaml"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -136,24 +136,10 @@ def fake_results(
     config: ExperimentConfig, seed: int, smoke: bool = False, accuracy: float = 0.5, flops: float = 1e9
 ) -> dict[str, Any]:
     """A results.json as the runner writes it, identity and fingerprint included."""
-    identity = run_identity(config, smoke)
     rows = 2 if smoke else config.benchmark["n_experiences"]
     matrix = [[accuracy] * config.benchmark["n_experiences"] for _ in range(rows)]
     return {
-        "name": config.name,
-        "method": method_label(config),
-        "method_kind": config.method_kind,
-        "benchmark": config.benchmark["name"],
-        "strategy": config.training["strategy"],
-        "buffer_size": config.training["buffer_size"],
-        "sparsity": config.sparsity,
-        "seed": seed,
-        "smoke": smoke,
-        "device": "cpu",
-        "config_path": str(config.path),
-        "config": config.to_dict(),
-        "identity": identity,
-        "fingerprint": fingerprint(identity),
+        **run_labels(config, seed, run_identity(config, smoke), "cpu"),
         "class_il_accuracy": accuracy,
         "task_il_accuracy": accuracy,
         "class_il_forgetting": 0.1,

@@ -551,6 +551,26 @@ def run_experiment(
         return train_and_evaluate(config, seed, options, run_dir, identity, resume, on_experience_end)
 
 
+def run_labels(config: ExperimentConfig, seed: int, identity: dict[str, Any], device: str) -> dict[str, Any]:
+    """The keys of results.json that say which run it is (the others say what it measured)."""
+    return {
+        "name": config.name,
+        "method": method_label(config),
+        "method_kind": config.method_kind,
+        "benchmark": config.benchmark["name"],
+        "strategy": config.training["strategy"],
+        "buffer_size": config.training["buffer_size"],
+        "sparsity": config.sparsity,
+        "seed": seed,
+        "smoke": identity["smoke"],
+        "device": device,
+        "config_path": str(config.path),
+        "config": config.to_dict(),
+        "identity": identity,
+        "fingerprint": fingerprint(identity),
+    }
+
+
 def train_and_evaluate(
     config: ExperimentConfig,
     seed: int,
@@ -604,20 +624,7 @@ def train_and_evaluate(
     evaluator, metrics = strategy.evaluator, progress.last_metrics
     kept_data = curve(evaluator, "KeptData_Epoch")
     results = {
-        "name": config.name,
-        "method": method_label(config),
-        "method_kind": config.method_kind,
-        "benchmark": config.benchmark["name"],
-        "strategy": config.training["strategy"],
-        "buffer_size": config.training["buffer_size"],
-        "sparsity": config.sparsity,
-        "seed": seed,
-        "smoke": options.smoke,
-        "device": options.device,
-        "config_path": str(config.path),
-        "config": config.to_dict(),
-        "identity": identity,
-        "fingerprint": fingerprint(identity),
+        **run_labels(config, seed, identity, options.device),
         "versions": package_versions(),
         "class_il_accuracy": stream_value(metrics, "Top1_Acc_Stream"),
         "task_il_accuracy": stream_value(metrics, "TaskIL_Top1_Acc_Stream"),

@@ -10,7 +10,7 @@ from avalanche.core import SupervisedPlugin
 from avalanche_sparcl.plugins.probe import probe_forward
 from avalanche_sparcl.plugins.tdm import TDMPlugin
 from avalanche_sparcl.sparse.gradient_masks import GradientMasking
-from avalanche_sparcl.sparse.layers import default_sparse_weights
+from avalanche_sparcl.sparse.layers import default_sparse_weights, parameters_named
 from avalanche_sparcl.sparse.step_hooks import OptimizerStepHooks
 from avalanche_sparcl.validation import check_fraction, check_positive_int, reject_unknown_options
 
@@ -58,8 +58,9 @@ class DGMPlugin(SupervisedPlugin):
         self.gradient_masking.start_experience()
 
     def _mask_gradients_at_step(self) -> None:
-        """Mask the gradients the optimizer is about to apply: after TDM read them for CWI and
-        zeroed the pruned ones, and after every other plugin edited them (GEM, A-GEM)."""
+        """Mask the gradients the optimizer is about to apply, after TDM read them for CWI and every
+        other plugin edited them (GEM, A-GEM); the mask lies within TDM's, so it also zeroes the
+        pruned weights' gradients (TDM then leaves them to it)."""
         weight_masks = None
         mask_changed = False
         if self.tdm is not None:
@@ -67,18 +68,6 @@ class DGMPlugin(SupervisedPlugin):
             mask_changed = len(self.tdm.dynamic_sparsity.history) != self.seen_mask_updates
             self.seen_mask_updates = len(self.tdm.dynamic_sparsity.history)
         self.gradient_masking.apply(weight_masks, refresh=mask_changed)
-
-
-def parameters_named(model: torch.nn.Module, names: Any) -> dict[str, torch.nn.Parameter]:
-    """The model's parameters with the given names, found by name (the model may have been replaced)."""
-    current = dict(model.named_parameters())
-    missing = [name for name in names if name not in current]
-    if missing:
-        raise ValueError(
-            f"the model no longer has the gradient-masked parameters {', '.join(missing)}: DGM follows "
-            "its layers by parameter name, so the model may be replaced but must keep those names"
-        )
-    return {name: current[name] for name in names}
 
 
 def preceding_tdm(strategy: Any, dgm: DGMPlugin) -> TDMPlugin | None:

@@ -22,6 +22,7 @@ from avalanche_sparcl.sparse.layers import (
     ProfileLike,
     default_sparse_weights,
     load_profile,
+    parameters_named,
     resolve_profile,
 )
 from avalanche_sparcl.sparse.masks import (
@@ -171,9 +172,8 @@ class DynamicSparsity:
         if settings.profile:
             params = resolve_profile(model, settings.profile)
             return cls(params, settings.profile, settings)
-        all_params = dict(model.named_parameters())
         names = default_sparse_weights(model, run_forward)
-        return cls({n: all_params[n] for n in names}, dict.fromkeys(names, settings.sparsity), settings)
+        return cls(parameters_named(model, names), dict.fromkeys(names, settings.sparsity), settings)
 
     def bind(self, model: nn.Module) -> bool:
         """Follow the masked parameters by name into ``model``; returns whether any tensor changed.
@@ -181,13 +181,7 @@ class DynamicSparsity:
         Strategies may replace the model (GDumb trains a fresh copy every experience) or its
         parameters; the masks carry over to the new tensors, whose pruned weights are zeroed.
         """
-        current = dict(model.named_parameters())
-        missing = [name for name in self.params if name not in current]
-        if missing:
-            raise ValueError(
-                f"the model no longer has the masked parameters {', '.join(missing)}: SparCL keeps its "
-                "masks by parameter name, so the model may be replaced but must keep those names"
-            )
+        current = parameters_named(model, self.params)
         changed = [name for name, param in self.params.items() if current[name] is not param]
         for name in changed:
             if current[name].shape != self.masks[name].shape:

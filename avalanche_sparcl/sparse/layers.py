@@ -14,7 +14,7 @@ reference code froze BatchNorm biases at zero by accident). A profile in the ref
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -135,6 +135,19 @@ def load_profile(profile: ProfileLike) -> dict[str, float]:
     return {
         str(name): check_fraction(f"profile sparsity of {name!r}", ratio) for name, ratio in ratios.items()
     }
+
+
+def parameters_named(model: nn.Module, names: Iterable[str]) -> dict[str, nn.Parameter]:
+    """The model's parameters with these names, looked up by name: a strategy may replace the model
+    (GDumb) or its parameters, and the masks follow them as long as the names stay."""
+    current = dict(model.named_parameters())
+    missing = [name for name in names if name not in current]
+    if missing:
+        raise ValueError(
+            f"the model no longer has the masked parameters {', '.join(missing)}: SparCL follows its "
+            "layers by parameter name, so the model may be replaced but must keep those names"
+        )
+    return {name: current[name] for name in names}
 
 
 def resolve_profile(model: nn.Module, ratios: Mapping[str, float]) -> dict[str, nn.Parameter]:
