@@ -66,6 +66,13 @@ def check_positive_int(name: str, value: int) -> int:
     return int(value)
 
 
+def check_non_negative_int(name: str, value: int) -> int:
+    """Return ``value`` as an int if it is an integer >= 0, else raise ValueError."""
+    if not is_integer(value) or value < 0:
+        raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+    return int(value)
+
+
 def check_seed(name: str, value: int) -> int:
     """Return ``value`` as an int if every generator accepts it as a seed (NumPy's [0, MAX_SEED])."""
     if not is_integer(value) or not 0 <= value <= MAX_SEED:

@@ -91,6 +91,10 @@ def positive_int(value: Any) -> bool:
     return _is_int(value) and value >= 1
 
 
+def non_negative_int(value: Any) -> bool:
+    return _is_int(value) and value >= 0
+
+
 def non_negative_number(value: Any) -> bool:
     return _is_number(value) and 0 <= value < math.inf
 
@@ -187,6 +191,8 @@ SPARCL_KEYS = {
     "stages": Key("an integer >= 1", positive_int, None),
     "cutoff": Key("a number in (0, 1] (fraction of the epochs)", open_fraction, None),
     "refresh_every": Key("an integer >= 1 (iterations)", positive_int, None),
+    "min_update_steps": Key("an integer >= 0 (optimizer steps)", non_negative_int, None),
+    "min_experience_steps": Key("an integer >= 0 (optimizer steps)", non_negative_int, None),
 }
 BASELINE_KEYS = {
     "method": choice_key(BASELINE_METHODS),
@@ -418,20 +424,31 @@ def check_training(path: Path, training: dict[str, Any]) -> None:
             )
 
 
-def build_sparse_plugin(config: ExperimentConfig, seed: int) -> SparCLPlugin | TDMPlugin | None:
+SMOKE_SHORT_SCHEDULE_RULES_OFF = {"min_update_steps": 0, "min_experience_steps": 0}
+"""Smoke runs train a few steps per experience, far below the short-schedule rules' thresholds: they
+turn the rules off (unless the config sets them) so that every part of the method still runs."""
+
+
+def build_sparse_plugin(
+    config: ExperimentConfig, seed: int, smoke: bool = False
+) -> SparCLPlugin | TDMPlugin | None:
     """The config's SparCL plugin or sparse-training baseline (None for a dense run).
 
     Baselines share TDM's mask core (paper Sec. 5.3 comparison): ``static`` keeps the initial
     magnitude mask, ``set`` prunes by magnitude and regrows at random (SET/MEST), ``rigl`` prunes by
-    magnitude and regrows by gradient.
+    magnitude and regrows by gradient. ``smoke`` applies ``SMOKE_SHORT_SCHEDULE_RULES_OFF``.
     """
     try:
         if config.sparcl is not None:
             options = {k: v for k, v in config.sparcl.items() if v is not None}
+            if smoke:
+                options = {**SMOKE_SHORT_SCHEDULE_RULES_OFF, **options}
             return SparCLPlugin(seed=seed, **options)
         if config.baseline is not None:
             baseline = config.baseline
             options: dict[str, Any] = {"seed": seed, "expand_ratio": 0}
+            if smoke:
+                options["min_update_steps"] = 0
             if baseline["profile"] is not None:
                 options["profile"] = baseline["profile"]
             if baseline["method"] == "static":

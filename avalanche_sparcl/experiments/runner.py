@@ -586,7 +586,7 @@ def train_and_evaluate(
     seed_everything(seed)
     benchmark = build_benchmark(config, seed, options.smoke)
     model = build_model(config, options.smoke)
-    sparse_plugin = build_sparse_plugin(config, seed)
+    sparse_plugin = build_sparse_plugin(config, seed, smoke=options.smoke)
     evaluator, _ = build_evaluator(run_dir, options.quiet, log_files=not resume)
     plugins = [RunProgress(), NonFiniteGuardPlugin()] + ([] if sparse_plugin is None else [sparse_plugin])
     strategy = build_strategy(config, model, plugins, evaluator, options, seed)

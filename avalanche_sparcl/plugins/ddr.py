@@ -38,11 +38,14 @@ from avalanche.training.utils import cycle
 from torch import Tensor
 
 from avalanche_sparcl.data_removal import (
+    DEFAULT_MIN_EXPERIENCE_STEPS,
     MIN_WINDOW_EPOCHS,
     DDRSettings,
     DynamicDataRemoval,
     ExperienceRemoval,
+    too_few_steps,
 )
+from avalanche_sparcl.plugins.tdm import minibatches_per_epoch
 from avalanche_sparcl.validation import reject_unknown_options
 
 POSITION_ATTRIBUTE = "ddr_position"
@@ -66,16 +69,25 @@ class DDRPlugin(SupervisedPlugin):
     ``removal_ratio`` of the experience's examples (in [0, 1)) are gone by ``cutoff`` (fraction of the
     experience's epochs, in (0, 1]), removed in ``stages`` equal stages at epoch boundaries, each
     window at least 2 epochs long so forgetting events can show (fewer stages when the experience is
-    short, none below 3 epochs); the last (hardest) example of a class is never removed. Defaults
-    are the paper setting: 30% in 4 stages at epochs 5, 10, 15,
-    20 of 50; at 10 epochs 15% at each of epochs 2 and 4. ``stage_counts`` holds one
+    short, none below 3 epochs); the last (hardest) example of a class is never removed. An
+    experience of fewer than ``min_experience_steps`` optimizer steps keeps all its data (one
+    warning). Defaults are the paper setting: 30% in 4 stages at epochs 5, 10, 15, 20 of 50; at 10
+    epochs 15% at each of epochs 2 and 4. ``stage_counts`` holds one
     :class:`ExperienceRemoval` per trained experience with the kept/removed counts of each stage.
     """
 
-    def __init__(self, removal_ratio: float = 0.3, stages: int = 4, cutoff: float = 0.4, **options: Any):
+    def __init__(
+        self,
+        removal_ratio: float = 0.3,
+        stages: int = 4,
+        cutoff: float = 0.4,
+        min_experience_steps: int = DEFAULT_MIN_EXPERIENCE_STEPS,
+        **options: Any,
+    ):
         super().__init__()
-        reject_unknown_options("DDRPlugin", set(options), {"removal_ratio", "stages", "cutoff"})
-        self.removal = DynamicDataRemoval(DDRSettings(removal_ratio, stages, cutoff))
+        accepted = {"removal_ratio", "stages", "cutoff", "min_experience_steps"}
+        reject_unknown_options("DDRPlugin", set(options), accepted)
+        self.removal = DynamicDataRemoval(DDRSettings(removal_ratio, stages, cutoff, min_experience_steps))
         self.full_dataset: Any = None  # the experience's (untagged) training data, before any removal
         self.loader_unchecked = False  # the experience's train loader is not checked yet
         self.minibatch_positions: Tensor | None = None
@@ -121,20 +133,32 @@ class DDRPlugin(SupervisedPlugin):
         self.updated_at_start = [
             refill for refill in self.updated_at_start if refill.counter == self.experience_counter
         ]
+        epochs, minibatches = strategy.train_epochs, minibatches_per_epoch(strategy)
         schedule = self.removal.start_experience(
-            strategy.experience.current_experience, len(self.full_dataset), strategy.train_epochs
+            strategy.experience.current_experience, len(self.full_dataset), epochs, minibatches
         )
-        epochs = strategy.train_epochs
-        too_short = epochs <= MIN_WINDOW_EPOCHS and self.settings.removal_ratio > 0
-        if not schedule and too_short and not self.warned_short:
-            warnings.warn(
-                f"DDRPlugin: DDR needs at least {MIN_WINDOW_EPOCHS + 1} epochs per experience to "
-                "observe each example twice before removing any, so no data is removed from an "
-                f"experience of {epochs} epoch{'' if epochs == 1 else 's'}; removal_ratio=0 turns DDR "
-                "off and silences this warning",
-                stacklevel=2,
+        if schedule or self.settings.removal_ratio == 0 or self.warned_short:
+            return
+        if epochs <= MIN_WINDOW_EPOCHS:
+            reason = (
+                f"DDR needs at least {MIN_WINDOW_EPOCHS + 1} epochs per experience to observe each "
+                "example twice before removing any, so no data is removed from an experience of "
+                f"{epochs} epoch{'' if epochs == 1 else 's'}"
             )
-            self.warned_short = True
+        elif too_few_steps(epochs, minibatches, self.settings):
+            reason = (
+                f"an experience of {epochs * minibatches} optimizer steps ({epochs} epochs of "
+                f"{minibatches} minibatches) is shorter than min_experience_steps="
+                f"{self.settings.min_experience_steps}: the network still needs every example, so "
+                "no data is removed from such experiences; min_experience_steps=0 forces removal"
+            )
+        else:
+            return
+        warnings.warn(
+            f"DDRPlugin: {reason}; removal_ratio=0 turns DDR off; this warning is given once",
+            stacklevel=2,
+        )
+        self.warned_short = True
 
     def before_training_epoch(self, strategy: Any, **kwargs: Any) -> None:
         """At the first epoch, check the final loader and untag ``adapted_dataset``; at a stage

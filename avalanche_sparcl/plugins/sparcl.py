@@ -16,7 +16,7 @@ from avalanche_sparcl.sparse.dynamic import TDMSettings, check_tdm_options
 from avalanche_sparcl.validation import check_fraction, reject_unknown_options
 
 TDM_OPTIONS = {f.name for f in dataclasses.fields(TDMSettings)} - {"sparsity"}
-DDR_OPTIONS = {"stages", "cutoff"}
+DDR_OPTIONS = {"stages", "cutoff", "min_experience_steps"}
 DGM_OPTIONS = {"refresh_every"}
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from typing import Any
 
 import torch
@@ -22,7 +23,9 @@ class TDMPlugin(SupervisedPlugin):
     ``importance_lambda`` (CWI gradient weight); ``expand_ratio`` (extra capacity at each experience
     start) and ``mutate_ratio`` (share of each layer swapped per update), both fractions of the
     layer; ``update_every`` and ``freeze_at`` as fractions of the experience's epochs; ``seed`` of
-    the random regrowth.
+    the random regrowth; ``min_update_steps``, the fewest optimizer steps between two mask updates
+    less than an epoch apart (short experiences get fewer updates, or a fixed mask with one warning;
+    0 keeps every update).
     """
 
     def __init__(self, sparsity: float = 0.75, **options: Any):
@@ -33,6 +36,7 @@ class TDMPlugin(SupervisedPlugin):
         self.dynamic_sparsity: DynamicSparsity | None = None
         self.step_hooks = OptimizerStepHooks(self._mask_gradients_at_step, self._mask_weights_at_step)
         self.gradients_masked_by_dgm = False  # set by a DGMPlugin working on these masks
+        self.warned_fixed_mask = False  # the fixed-mask warning is given once
 
     @property
     def masks(self) -> dict[str, torch.Tensor]:
@@ -49,7 +53,13 @@ class TDMPlugin(SupervisedPlugin):
         else:
             self.dynamic_sparsity.bind(strategy.model)
         self.step_hooks.follow(strategy.optimizer)
-        self.dynamic_sparsity.start_experience(strategy.train_epochs, strategy.optimizer)
+        iterations = minibatches_per_epoch(strategy)
+        dynamic = self.dynamic_sparsity.start_experience(
+            strategy.train_epochs, strategy.optimizer, iterations
+        )
+        if not dynamic and not self.warned_fixed_mask:
+            warnings.warn(fixed_mask_warning(strategy.train_epochs, iterations, self.settings), stacklevel=2)
+            self.warned_fixed_mask = True
 
     def before_training_epoch(self, strategy: Any, **kwargs: Any) -> None:
         """Zero the pruned weights: plugins may have written weights when the experience started
@@ -88,3 +98,24 @@ class TDMPlugin(SupervisedPlugin):
     def _mask_weights_at_step(self) -> None:
         """Keep pruned weights at zero across the step (see ``DynamicSparsity.after_optimizer_step``)."""
         self.dynamic_sparsity.after_optimizer_step(self.step_hooks.optimizer)
+
+
+def minibatches_per_epoch(strategy: Any) -> int | None:
+    """Minibatches in the experience's first epoch (None for a loader without a length)."""
+    try:
+        return len(strategy.dataloader)
+    except (AttributeError, TypeError):
+        return None
+
+
+def fixed_mask_warning(epochs: int, iterations_per_epoch: int, settings: TDMSettings) -> str:
+    """Why an experience keeps its mask fixed, and how to force the paper schedule."""
+    steps = epochs * iterations_per_epoch
+    return (
+        f"TDMPlugin: an experience of {steps} optimizer steps ({epochs} epoch{'' if epochs == 1 else 's'} "
+        f"of {iterations_per_epoch} minibatches) has no room for a mask update at least "
+        f"min_update_steps={settings.min_update_steps} steps or one epoch after its start and before "
+        f"the freeze (freeze_at={settings.freeze_at:g}), so the mask stays fixed in such "
+        "experiences: sparse from the first step, no expansion, shrink or mutation. "
+        "min_update_steps=0 forces the scheduled updates; this warning is given once"
+    )

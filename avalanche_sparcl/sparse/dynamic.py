@@ -38,8 +38,15 @@ from avalanche_sparcl.sparse.schedule import (
     ExperienceSchedule,
     MaskUpdateKind,
     mask_updates,
+    space_updates,
 )
-from avalanche_sparcl.validation import check_choice, check_fraction, check_non_negative, check_seed
+from avalanche_sparcl.validation import (
+    check_choice,
+    check_fraction,
+    check_non_negative,
+    check_non_negative_int,
+    check_seed,
+)
 
 REGROW_CRITERIA = ("random", "gradient")
 
@@ -67,6 +74,11 @@ class TDMSettings:
     (SET/MEST/RigL-style), and ``expand_ratio = mutate_ratio = 0`` gives a static mask.
     ``update_every`` lies in [MIN_UPDATE_EVERY, 1] (see ``schedule.MIN_UPDATE_EVERY``) and ``seed``
     in [0, MAX_SEED]. Checked values are stored as plain Python numbers.
+
+    ``min_update_steps`` (not in the paper, which has hundreds of steps between updates) spaces mask
+    updates at least that many optimizer steps, or one epoch, apart (``schedule.space_updates``); an
+    experience too short for even the shrink keeps its mask unchanged. Schedules whose updates are
+    whole epochs apart (the paper's 50 epochs) are unchanged; 0 turns the rule off.
     """
 
     sparsity: float = 0.75
@@ -78,6 +90,7 @@ class TDMSettings:
     freeze_at: float = 0.9
     regrow: str = "random"
     seed: int = 0
+    min_update_steps: int = 16
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sparsity", check_fraction("sparsity", self.sparsity))
@@ -107,6 +120,7 @@ TDM_OPTION_CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "freeze_at": lambda name, value: check_fraction(name, value, include_low=False, include_high=True),
     "regrow": lambda name, value: check_choice(name, value, REGROW_CRITERIA),
     "seed": check_seed,
+    "min_update_steps": check_non_negative_int,
 }
 """Each TDM option (but the sparsity and the profile) and the check of its own range."""
 
@@ -159,6 +173,7 @@ class DynamicSparsity:
             name: top_k_mask(param.detach().abs(), self.targets[name]) for name, param in self.params.items()
         }
         self.schedule = ExperienceSchedule([])
+        self.fixed_mask_experiences: list[int] = []  # experiences too short for any mask update
         self.experience = -1
         self.history: list[MaskUpdateRecord] = []
         self.masked_versions: list[int] = []
@@ -196,18 +211,38 @@ class DynamicSparsity:
             self.mask_weights()
         return bool(changed)
 
-    def start_experience(self, n_epochs: int, optimizer: torch.optim.Optimizer | None = None) -> None:
-        """Restart the schedule and CWI window, and expand each layer by ``expand_ratio``."""
+    def start_experience(
+        self,
+        n_epochs: int,
+        optimizer: torch.optim.Optimizer | None = None,
+        iterations_per_epoch: int | None = None,
+    ) -> bool:
+        """Restart the schedule and CWI window, and expand each layer by ``expand_ratio``.
+
+        Given the epoch length, the schedule is spaced by ``min_update_steps``; when no update fits,
+        the experience keeps its mask as it is (no expansion either, since nothing would shrink it
+        back while training) and this returns False, else True.
+        """
         self.experience += 1
         self._follow_parameter_devices()
         self.importance.reset()
-        self.schedule = ExperienceSchedule(
-            mask_updates(n_epochs, self.settings.update_every, self.settings.freeze_at)
-        )
-        grow = {name: round(p.numel() * self.settings.expand_ratio) for name, p in self.params.items()}
-        self._change("expand", 0.0, dict.fromkeys(grow, 0), grow, optimizer)
+        updates = mask_updates(n_epochs, self.settings.update_every, self.settings.freeze_at)
+        if iterations_per_epoch is not None:
+            spaced = space_updates(updates, iterations_per_epoch, self.settings.min_update_steps)
+            fixed = bool(updates) and not spaced
+            updates = spaced
+        else:
+            fixed = False
+        self.schedule = ExperienceSchedule(updates)
+        if fixed:
+            self.fixed_mask_experiences.append(self.experience)
+        else:
+            ratio = self.settings.expand_ratio
+            grow = {name: round(p.numel() * ratio) for name, p in self.params.items()}
+            self._change("expand", 0.0, dict.fromkeys(grow, 0), grow, optimizer)
         if optimizer is not None:
             self.clear_pruned_optimizer_state(optimizer)
+        return not fixed
 
     def finish_experience(self, optimizer: torch.optim.Optimizer | None = None) -> None:
         """Shrink back to the target if the experience was too short for its scheduled shrink."""

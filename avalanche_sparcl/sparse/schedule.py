@@ -12,6 +12,7 @@ frozen from epoch 45.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from enum import Enum
 
@@ -89,3 +90,32 @@ class ExperienceSchedule:
         if not kinds:
             return None
         return MaskUpdateKind.SHRINK if MaskUpdateKind.SHRINK in kinds else MaskUpdateKind.MUTATE
+
+
+def update_step(update: MaskUpdate, iterations_per_epoch: int) -> int:
+    """The optimizer step (0-based, from the experience start) before which ``update`` runs."""
+    return math.ceil(round(update.position * iterations_per_epoch, 9))
+
+
+def space_updates(updates: list[MaskUpdate], iterations_per_epoch: int, min_steps: int) -> list[MaskUpdate]:
+    """The updates that lie at least ``min_steps`` optimizer steps, or a whole epoch, after the
+    previous kept one.
+
+    An update reads the importance gathered since the previous one: a whole epoch has shown it every
+    example of the experience, ``min_steps`` steps are enough gradients to rank weights by. The
+    experience start counts as an update (the expansion happens there), so the first kept update is
+    the shrink, whichever update of the schedule it was. Short experiences thus get fewer,
+    better-informed mask changes instead of one every few steps; one with no room for even the
+    shrink gets none (the caller then skips the expansion too). Schedules of whole epochs (the
+    paper's) and ``min_steps=0`` are returned unchanged.
+    """
+    kept: list[MaskUpdate] = []
+    last_step, last_position = 0, 0.0
+    for update in updates:
+        step = update_step(update, iterations_per_epoch)
+        if step - last_step < min_steps and update.position - last_position < 1 - 1e-9:
+            continue
+        kind = MaskUpdateKind.MUTATE if kept else MaskUpdateKind.SHRINK
+        kept.append(MaskUpdate(update.position, kind))
+        last_step, last_position = step, update.position
+    return kept
