@@ -95,6 +95,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--benchmark", default="split_digits", choices=("split_digits", "split_fmnist_quick"))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--epochs", type=int, nargs="+", default=list(EPOCHS), choices=EPOCHS)
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--out", type=Path, default=None, help="default: runs/short_schedules/<benchmark>")
     args = parser.parse_args()
@@ -103,7 +104,7 @@ def main() -> None:
     config_folder.mkdir(parents=True, exist_ok=True)
     jobs = [
         (schedule_config(args.benchmark, config_name, epochs, config_folder), seed)
-        for epochs in EPOCHS
+        for epochs in args.epochs
         for config_name in METHODS.values()
         for seed in args.seeds
     ]
