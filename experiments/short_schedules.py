@@ -33,11 +33,19 @@ METHODS = {  # row label -> shipped config name
 EPOCHS = (1, 2, 3, 5, 10)
 
 
-def schedule_config(benchmark: str, config_name: str, epochs: int, folder: Path) -> Path:
-    """A config extending the shipped one with ``epochs`` epochs per experience."""
-    path = folder / f"{config_name}_e{epochs}.yaml"
+def run_name(config_name: str, epochs: int, lr: float | None = None) -> str:
+    return f"{config_name}_e{epochs}" + ("" if lr is None else f"_lr{lr:g}")
+
+
+def schedule_config(
+    benchmark: str, config_name: str, epochs: int, folder: Path, lr: float | None = None
+) -> Path:
+    """A config extending the shipped one with ``epochs`` epochs per experience (and ``lr``)."""
+    name = run_name(config_name, epochs, lr)
+    path = folder / f"{name}.yaml"
     shipped = CONFIGS / benchmark / f"{config_name}.yaml"
-    path.write_text(f"extends: {shipped}\nname: {config_name}_e{epochs}\ntraining:\n  epochs: {epochs}\n")
+    lr_line = "" if lr is None else f"  lr: {lr}\n"
+    path.write_text(f"extends: {shipped}\nname: {name}\ntraining:\n  epochs: {epochs}\n{lr_line}")
     return path
 
 
@@ -60,7 +68,7 @@ def run_one(config: Path, seed: int, out: Path) -> None:
     subprocess.run(command, check=True, env=environment, stdout=subprocess.DEVNULL)
 
 
-def table(out: Path, benchmark: str, seeds: list[int]) -> str:
+def table(out: Path, lr: float | None = None) -> str:
     """Markdown rows: epochs x method, Class-IL and FLOPs reduction against dense at those epochs."""
     summaries = {summary.name: summary for summary in load_runs(out)}
     lines = [
@@ -68,9 +76,9 @@ def table(out: Path, benchmark: str, seeds: list[int]) -> str:
         "|---|---|---|---|---|---|",
     ]
     for epochs in EPOCHS:
-        dense = summaries.get(f"{METHODS['dense DER++']}_e{epochs}")
+        dense = summaries.get(run_name(METHODS["dense DER++"], epochs, lr))
         for label, config_name in METHODS.items():
-            summary = summaries.get(f"{config_name}_e{epochs}")
+            summary = summaries.get(run_name(config_name, epochs, lr))
             if summary is None:
                 lines.append(f"| {epochs} | {label} | not run | | | 0 |")
                 continue
@@ -97,25 +105,36 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, nargs="+", default=list(EPOCHS), choices=EPOCHS)
     parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument(
+        "--lr", type=float, default=None, help="also run every schedule at this learning rate (second table)"
+    )
     parser.add_argument("--out", type=Path, default=None, help="default: runs/short_schedules/<benchmark>")
     args = parser.parse_args()
     out = args.out or REPO / "runs" / "short_schedules" / args.benchmark
     config_folder = out / "configs"
     config_folder.mkdir(parents=True, exist_ok=True)
+    learning_rates = [None] if args.lr is None else [None, args.lr]
     jobs = [
-        (schedule_config(args.benchmark, config_name, epochs, config_folder), seed)
+        (schedule_config(args.benchmark, config_name, epochs, config_folder, lr), seed)
+        for lr in learning_rates
         for epochs in args.epochs
         for config_name in METHODS.values()
         for seed in args.seeds
     ]
     with ThreadPoolExecutor(args.jobs) as pool:
         list(pool.map(lambda job: run_one(job[0], job[1], out / "runs"), jobs))
-    rows = table(out / "runs", args.benchmark, args.seeds)
+    rows = table(out / "runs")
+    if args.lr is not None:
+        rows += (
+            f"\n\nThe same runs at learning rate {args.lr:g} (`--lr {args.lr:g}`), every other setting as "
+            f"above:\n\n{table(out / 'runs', args.lr)}"
+        )
     content = "\n".join(
         [
             f"## SparCL at short schedules: {args.benchmark}",
             "",
-            f"Written by `python experiments/short_schedules.py --benchmark {args.benchmark}` on "
+            f"Written by `python experiments/short_schedules.py --benchmark {args.benchmark}"
+            f"{'' if args.lr is None else f' --lr {args.lr:g}'}` on "
             f"{cpu_name()} ({os.cpu_count()} cores, one torch thread per run, {platform.system()}). "
             f"The shipped `{args.benchmark}` configs with only the epochs per experience changed; "
             f"seeds {' '.join(map(str, args.seeds))}; FLOPs reduction against dense DER++ at the same "

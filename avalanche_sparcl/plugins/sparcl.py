@@ -73,6 +73,19 @@ class SparCLPlugin(SupervisedPlugin):
             part for part in (self.ddr, head, self.tdm, self.dgm) if part is not None
         ]
 
+    @classmethod
+    def one_pass(cls, sparsity: float = 0.75, gradient_sparsity: float = 0.2, **options: Any) -> SparCLPlugin:
+        """SparCL for one-pass (online) training: each example is seen once.
+
+        What SparCL can still do there: TDM's sparse network from the first step, on a fixed
+        magnitude mask (no expansion or updates: too few steps to rank weights by), and DGM. DDR is
+        off: forgetting events need two passes over an example. This is what the short-schedule
+        rules make of the default plugin at one epoch, without their warnings; ``options`` go to the
+        parts as in the constructor.
+        """
+        options = {"expand_ratio": 0.0, "update_every": 1.0, **options}
+        return cls(sparsity, removal_ratio=0.0, gradient_sparsity=gradient_sparsity, **options)
+
     @property
     def masks(self) -> dict[str, torch.Tensor]:
         """TDM's weight masks (empty for a dense network)."""
