@@ -27,6 +27,7 @@ import torch
 from avalanche.evaluation.metrics import accuracy_metrics, loss_metrics
 from avalanche.training import DER
 from avalanche.training.plugins import EvaluationPlugin
+from conftest import RULES_OFF
 
 from avalanche_sparcl.benchmarks import split_digits
 from avalanche_sparcl.checkpointing import maybe_resume, save_checkpoint
@@ -62,7 +63,9 @@ def build_strategy(seed: int = 0, extra_plugins: list[Any] | None = None) -> tup
         loggers=[],
     )
     plugins = [
-        SparCLPlugin(sparsity=0.75, removal_ratio=0.3, gradient_sparsity=0.2, refresh_every=4, seed=seed),
+        SparCLPlugin(
+            sparsity=0.75, removal_ratio=0.3, gradient_sparsity=0.2, refresh_every=4, seed=seed, **RULES_OFF
+        ),
         *(extra_plugins or []),
         NonFiniteGuardPlugin(check_every=5),
     ]

@@ -7,6 +7,12 @@ import torch
 
 from avalanche_sparcl.benchmarks import split_digits, tensor_benchmark
 
+# Tests of TDM/DDR mechanics on tiny schedules (a few dozen steps per experience) switch off the
+# short-schedule rules, which would otherwise keep a fixed mask and remove no data there.
+TDM_RULES_OFF = {"min_update_steps": 0}
+DDR_RULES_OFF = {"min_experience_steps": 0}
+RULES_OFF = {**TDM_RULES_OFF, **DDR_RULES_OFF}  # both, for SparCLPlugin
+
 
 @pytest.fixture(scope="session")
 def digits_benchmark():

@@ -43,6 +43,7 @@ from avalanche.training.plugins import (
     ReplayPlugin,
     RWalkPlugin,
 )
+from conftest import RULES_OFF, TDM_RULES_OFF
 from torch import nn
 
 from avalanche_sparcl import SparCLPlugin
@@ -111,7 +112,7 @@ def naive(model, plugins, epochs, optimizer=None, metrics=(), **options):
 
 def tdm_and_dgm(**options):
     """TDM and DGM (DDR off), the parts every strategy below must keep exact."""
-    return SparCLPlugin(sparsity=0.8, removal_ratio=0, gradient_sparsity=0.3, **options)
+    return SparCLPlugin(sparsity=0.8, removal_ratio=0, gradient_sparsity=0.3, **TDM_RULES_OFF, **options)
 
 
 @pytest.mark.parametrize("strategy_class", [GEM, AGEM])
@@ -347,7 +348,7 @@ def last_metric(strategy, prefix):
 def train_audited(strategy_name, model, benchmark, epochs=3):
     """Full SparCL (TDM, DDR, DGM) in a stock strategy with the sparsity and FLOPs metrics."""
     torch.manual_seed(0)
-    sparcl = SparCLPlugin(sparsity=0.8, removal_ratio=0.3, gradient_sparsity=0.3)
+    sparcl = SparCLPlugin(sparsity=0.8, removal_ratio=0.3, gradient_sparsity=0.3, **RULES_OFF)
     audit = MetricAudit(sparcl)
     strategy = STRATEGIES[strategy_name](
         model=model,

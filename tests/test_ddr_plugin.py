@@ -13,6 +13,7 @@ from avalanche.benchmarks.utils.data_loader import ReplayDataLoader
 from avalanche.core import SupervisedPlugin
 from avalanche.training import DER, ER_ACE, Cumulative, GDumb, GSS_greedy, ICaRL, JointTraining, Naive, Replay
 from avalanche.training.plugins import ReplayPlugin
+from conftest import DDR_RULES_OFF, TDM_RULES_OFF
 from torch import nn
 
 from avalanche_sparcl import DDRPlugin
@@ -192,7 +193,7 @@ def test_easy_examples_known_in_advance_are_removed_first():
     assert len(noisy) == n_noisy
     torch.manual_seed(0)
     model = nn.Linear(2, 2)
-    ddr = DDRPlugin(removal_ratio=0.5, stages=2, cutoff=0.5)
+    ddr = DDRPlugin(removal_ratio=0.5, stages=2, cutoff=0.5, **DDR_RULES_OFF)
     strategy = Naive(
         model=model,
         optimizer=torch.optim.SGD(model.parameters(), lr=0.5),
@@ -231,7 +232,8 @@ def test_paper_setting_set_sizes_in_a_real_strategy():
 
 @pytest.mark.parametrize("ddr_first", [True, False], ids=["ddr-then-tdm", "tdm-then-ddr"])
 def test_composes_with_tdm_in_either_order(digits, ddr_first):
-    counter, ddr, tdm = MinibatchCounter(), DDRPlugin(), TDMPlugin(sparsity=0.5)
+    counter, ddr = MinibatchCounter(), DDRPlugin(**DDR_RULES_OFF)
+    tdm = TDMPlugin(sparsity=0.5, **TDM_RULES_OFF)
     plugins = [counter, ddr, tdm] if ddr_first else [counter, tdm, ddr]
     strategy = make_strategy("der", plugins, epochs=5)
     for experience in digits.train_stream[:2]:
@@ -250,7 +252,7 @@ def test_composes_with_tdm_in_either_order(digits, ddr_first):
 
 @pytest.mark.parametrize("name", ["replay", "er"])
 def test_periodic_evaluation_and_repeated_train_calls(digits, name):
-    counter, ddr = MinibatchCounter(), DDRPlugin()
+    counter, ddr = MinibatchCounter(), DDRPlugin(**DDR_RULES_OFF)
     strategy = make_strategy(name, [counter, ddr], epochs=5, eval_every=1)
     for experience in digits.train_stream[:2]:
         strategy.train(experience, eval_streams=[digits.test_stream[:1]])
@@ -275,7 +277,7 @@ def test_experiences_shorter_than_three_epochs_remove_nothing_and_warn_once(digi
     assert messages == [
         "DDRPlugin: DDR needs at least 3 epochs per experience to observe each example twice before "
         f"removing any, so no data is removed from an experience of {length}; removal_ratio=0 turns "
-        "DDR off and silences this warning"
+        "DDR off; this warning is given once"
     ]
     assert [record.stages for record in ddr.stage_counts] == [[], []]
     sizes = [len(experience.dataset) for experience in digits.train_stream[:2]]
@@ -283,7 +285,7 @@ def test_experiences_shorter_than_three_epochs_remove_nothing_and_warn_once(digi
 
 
 def test_three_epochs_remove_once_at_epoch_2_without_warning(digits):
-    counter, ddr = MinibatchCounter(), DDRPlugin()
+    counter, ddr = MinibatchCounter(), DDRPlugin(**DDR_RULES_OFF)
     strategy = make_strategy("naive", [counter, ddr], epochs=3)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -311,7 +313,7 @@ def test_position_field_never_reaches_the_strategy(digits):
         def before_forward(self, strategy, **kwargs):
             seen.append((len(strategy.mbatch), set(strategy.mb_task_id.tolist())))
 
-    ddr = DDRPlugin()
+    ddr = DDRPlugin(**DDR_RULES_OFF)
     strategy = make_strategy("naive", [ddr, TaskLabelProbe()], epochs=3)  # a stage at epoch 2
     strategy.train(digits.train_stream[0])
     assert [stage.epoch for stage in ddr.stage_counts[0].stages] == [2]
@@ -333,7 +335,7 @@ def test_position_field_never_reaches_the_strategy(digits):
         (
             {"stage": 4},
             "DDRPlugin got unknown option(s) 'stage' (did you mean 'stages'?); "
-            "accepted options: cutoff, removal_ratio, stages",
+            "accepted options: cutoff, min_experience_steps, removal_ratio, stages",
         ),
     ],
 )
@@ -370,7 +372,7 @@ def tiny_options(epochs: int = 3, batch: int = 10, inputs: int = 8, classes: int
 def test_gss_replay_survives_a_removal_stage(tensor_benchmark_factory):
     """GSS builds its own ReplayDataLoader; the stage shrinks its current data and keeps the memory."""
     benchmark = tensor_benchmark_factory(20, 4, 2, (8,))  # 2 experiences of 40 examples
-    counter, ddr = MinibatchCounter(), DDRPlugin(removal_ratio=0.3)
+    counter, ddr = MinibatchCounter(), DDRPlugin(removal_ratio=0.3, **DDR_RULES_OFF)
     # 50 memory rows: GSS scores a whole minibatch (10 current + 32 memory rows) against its memory
     strategy = GSS_greedy(mem_size=50, input_size=[8], plugins=[counter, ddr], **tiny_options())
     for experience in benchmark.train_stream:
@@ -461,7 +463,7 @@ def test_a_buffer_reading_adapted_dataset_gets_untagged_kept_examples():
         def after_training_epoch(self, strategy, **kwargs):
             observations.append(ddr.removal.statistics.observations.tolist())
 
-    buffer, ddr = AdaptedDataBuffer(), DDRPlugin(removal_ratio=0.3)
+    buffer, ddr = AdaptedDataBuffer(), DDRPlugin(removal_ratio=0.3, **DDR_RULES_OFF)
     strategy = Naive(plugins=[buffer, ddr, StatisticsProbe()], **tiny_options())
     strategy.train(benchmark.train_stream[0])
     first = benchmark.train_stream[0].dataset

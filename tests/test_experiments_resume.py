@@ -9,10 +9,12 @@ from avalanche_sparcl.experiments.cli import main
 from avalanche_sparcl.experiments.config import load_config
 from avalanche_sparcl.experiments.runner import RunOptions, run_directory, run_experiment
 
+# 3 epochs of a few minibatches: the short-schedule rules are off so that TDM and DDR act (RULES_OFF)
 SHORT_SPARCL_DER = """
 extends: {base}
 training: {{strategy: der, buffer_size: 100, epochs: 3, lr: {lr}, buffer: {buffer}}}
-sparcl: {{sparsity: 0.75, removal_ratio: 0.3, gradient_sparsity: 0.2, masked_head: {head}}}
+sparcl: {{sparsity: 0.75, removal_ratio: 0.3, gradient_sparsity: 0.2, masked_head: {head},
+          min_update_steps: 0, min_experience_steps: 0}}
 """
 BASE = os.path.join(os.path.dirname(__file__), "..", "experiments", "configs", "base", "split_digits.yaml")
 

@@ -58,6 +58,7 @@ def test_same_seed_gives_the_same_run_and_another_seed_does_not(tmp_path):
     path = tmp_path / "sparcl_er.yaml"
     path.write_text(
         f"extends: {CONFIG_DIR / 'split_digits' / 'sparcl_er_0.75_buf200.yaml'}\ntraining: {{epochs: 3}}\n"
+        "sparcl: {min_update_steps: 0, min_experience_steps: 0}\n"  # 27 steps: every part still acts
     )
     config = load_config(path)
     runs = [

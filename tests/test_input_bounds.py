@@ -18,6 +18,7 @@ from avalanche.core import SupervisedPlugin
 from avalanche.evaluation.metrics import accuracy_metrics
 from avalanche.training import Naive
 from avalanche.training.plugins import EvaluationPlugin
+from conftest import DDR_RULES_OFF
 
 from avalanche_sparcl import DDRPlugin, DGMPlugin, SparCLPlugin, TDMPlugin
 from avalanche_sparcl.data_removal import DDRSettings
@@ -134,7 +135,7 @@ def test_removal_ratio_near_one_keeps_the_hardest_example_of_each_class_and_trai
     torch.manual_seed(0)
     benchmark = tensor_benchmark_factory(10, 4, 2, (6,))
     model = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
-    ddr, epoch_sizes = DDRPlugin(removal_ratio=0.999), KeptDataPerEpoch()
+    ddr, epoch_sizes = DDRPlugin(removal_ratio=0.999, **DDR_RULES_OFF), KeptDataPerEpoch()
     strategy = Naive(
         model=model,
         optimizer=torch.optim.SGD(model.parameters(), lr=0.05),

@@ -9,6 +9,7 @@ import torch
 from avalanche.evaluation.metrics import accuracy_metrics
 from avalanche.training import DER, ER_ACE, Naive
 from avalanche.training.plugins import EvaluationPlugin, ReplayPlugin
+from conftest import RULES_OFF, TDM_RULES_OFF
 
 from avalanche_sparcl import MaskedHeadPlugin, ReservoirReplayPlugin, SparCLPlugin
 from avalanche_sparcl.models import SmallCNN
@@ -208,7 +209,7 @@ def test_masked_head_learns_the_newest_experience_only_with_the_online_buffer(di
 @pytest.mark.parametrize("kind", ["naive", "der", "er_ace"])
 def test_after_data_removal_only_kept_examples_enter_the_buffer(kind, digits_benchmark):
     reservoir = ReservoirReplayPlugin(200, seed=0)
-    sparcl = SparCLPlugin(0.75, removal_ratio=0.3, gradient_sparsity=0.2)
+    sparcl = SparCLPlugin(0.75, removal_ratio=0.3, gradient_sparsity=0.2, **RULES_OFF)
     strategy = build(kind, [reservoir, sparcl], epochs=4)
     experience = digits_benchmark.train_stream[0]
     strategy.train(experience)
@@ -221,11 +222,13 @@ def test_after_data_removal_only_kept_examples_enter_the_buffer(kind, digits_ben
 
 
 def test_masked_head_without_an_online_buffer_warns_once_per_training_call(digits_benchmark):
-    strategy = build("der", [SparCLPlugin(0.75, 0.0, 0.0, masked_head=True)])
+    sparcl = SparCLPlugin(0.75, 0.0, 0.0, masked_head=True, **TDM_RULES_OFF)  # no fixed-mask warning
+    strategy = build("der", [sparcl])
     with pytest.warns(UserWarning, match="masked head without ReservoirReplayPlugin") as caught:
         strategy.train(digits_benchmark.train_stream[0])
     assert len([w for w in caught if "masked head" in str(w.message)]) == 1
-    strategy = build("der", [ReservoirReplayPlugin(200), SparCLPlugin(0.75, 0.0, 0.0, masked_head=True)])
+    sparcl = SparCLPlugin(0.75, 0.0, 0.0, masked_head=True, **TDM_RULES_OFF)
+    strategy = build("der", [ReservoirReplayPlugin(200), sparcl])
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
         warnings.filterwarnings("ignore", message="No loggers specified")

@@ -11,6 +11,7 @@ from avalanche.training.plugins import (
     LRSchedulerPlugin,
     ReplayPlugin,
 )
+from conftest import RULES_OFF
 from test_dgm import GradientAudit
 from torch import nn
 
@@ -110,7 +111,7 @@ def test_importance_reads_gradients_before_dgm_masks_them(digits_benchmark):
             self.previous = (importance.window_iterations, sums)
 
     torch.manual_seed(0)
-    sparcl = SparCLPlugin(removal_ratio=0, gradient_sparsity=0.5)
+    sparcl = SparCLPlugin(removal_ratio=0, gradient_sparsity=0.5, **RULES_OFF)
     audit = ImportanceAudit()
     strategy = build("naive", SmallCNN(), [sparcl, audit], epochs=2)
     strategy.train(digits_benchmark.train_stream[0])
@@ -164,8 +165,8 @@ def test_options_reach_the_part_that_owns_them():
             {"mutate": 0.1},
             "SparCLPlugin got unknown option(s) 'mutate' (did you mean 'mutate_ratio'?); "
             "accepted options: cutoff, expand_ratio, freeze_at, gradient_sparsity, importance_lambda, "
-            "masked_head, mutate_ratio, profile, refresh_every, regrow, removal_ratio, seed, sparsity, "
-            "stages, update_every",
+            "masked_head, min_experience_steps, min_update_steps, mutate_ratio, profile, refresh_every, "
+            "regrow, removal_ratio, seed, sparsity, stages, update_every",
         ),
     ],
 )
@@ -230,7 +231,7 @@ def test_masked_head_keeps_later_classes_out_of_current_data_loss(masked_head, d
 def test_sparcl_runs_with_replay_and_er_ace(strategy_name, digits_benchmark):
     torch.manual_seed(0)
     model = SmallCNN()
-    sparcl = SparCLPlugin(sparsity=0.9)
+    sparcl = SparCLPlugin(sparsity=0.9, **RULES_OFF)  # 3 short epochs: every part still acts
     strategy = build(strategy_name, model, [sparcl], epochs=3)
     for experience in digits_benchmark.train_stream[:2]:
         strategy.train(experience)
@@ -245,7 +246,7 @@ def test_sparcl_runs_beside_other_avalanche_strategies_and_plugins(other, digits
     torch.manual_seed(0)
     model = SmallCNN()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.03)
-    sparcl = SparCLPlugin(sparsity=0.9)
+    sparcl = SparCLPlugin(sparsity=0.9, **RULES_OFF)  # 3 short epochs: every part still acts
     common = {"train_mb_size": 64, "train_epochs": 3, "evaluator": quiet()}
     if other == "ewc":
         strategy = EWC(
@@ -302,7 +303,7 @@ def test_sparcl_runs_beside_other_avalanche_strategies_and_plugins(other, digits
 def test_sparcl_on_cuda_keeps_every_mask_on_the_device(strategy_name, digits_benchmark):
     torch.manual_seed(0)
     model = SmallCNN()
-    sparcl = SparCLPlugin(sparsity=0.9, removal_ratio=0.3, gradient_sparsity=0.2)
+    sparcl = SparCLPlugin(sparsity=0.9, removal_ratio=0.3, gradient_sparsity=0.2, **RULES_OFF)
     audit = GradientAudit(lambda: sparcl.masks, lambda: sparcl.gradient_masks, 0.2)
     seen = CurrentSamplesPerEpoch()
     strategy = build(strategy_name, model, [sparcl, audit, seen], epochs=5, device="cuda")

@@ -8,6 +8,7 @@ from avalanche.evaluation.metrics import accuracy_metrics
 from avalanche.training import DER
 from avalanche.training.plugins import EvaluationPlugin
 from checkpoint_driver import build_strategy, differences, final_state, one_thread
+from conftest import RULES_OFF
 
 from avalanche_sparcl import SparCLPlugin
 from avalanche_sparcl.models import SmallCNN
@@ -33,7 +34,9 @@ def test_one_train_call_over_a_list_equals_one_call_per_experience():
 def test_periodic_evaluation_and_repeated_train_calls_keep_every_part_exact(digits_benchmark):
     torch.manual_seed(0)
     model = SmallCNN(width=16)
-    sparcl = SparCLPlugin(sparsity=0.75, removal_ratio=0.3, gradient_sparsity=0.2, refresh_every=4)
+    sparcl = SparCLPlugin(
+        sparsity=0.75, removal_ratio=0.3, gradient_sparsity=0.2, refresh_every=4, **RULES_OFF
+    )
     strategy = DER(
         model=model,
         optimizer=torch.optim.SGD(model.parameters(), lr=0.05),

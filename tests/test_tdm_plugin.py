@@ -6,7 +6,7 @@ from avalanche.core import SupervisedPlugin
 from avalanche.models import SlimResNet18
 from avalanche.training import DER, ER_ACE, Naive, Replay
 from avalanche.training.plugins import EvaluationPlugin, ReplayPlugin
-from conftest import make_tensor_benchmark
+from conftest import TDM_RULES_OFF, make_tensor_benchmark
 from torch import nn
 
 from avalanche_sparcl import TDMPlugin
@@ -157,7 +157,7 @@ def test_pruned_weights_stay_zero_under_momentum_and_weight_decay(digits_benchma
 def test_each_strategy_trains_exactly_sparse_with_the_full_schedule(strategy_name, digits_benchmark):
     torch.manual_seed(0)
     model = SmallCNN()
-    tdm = TDMPlugin(sparsity=0.75)
+    tdm = TDMPlugin(sparsity=0.75, **TDM_RULES_OFF)
     common = {"train_mb_size": 64, "train_epochs": 2, "eval_mb_size": 256, "evaluator": quiet_evaluator()}
     optimizer = sgd(model, momentum=0.9)
     if strategy_name == "naive":
@@ -189,7 +189,7 @@ def test_each_strategy_trains_exactly_sparse_with_the_full_schedule(strategy_nam
 def test_periodic_evaluation_during_training_leaves_the_schedule_intact(digits_benchmark):
     torch.manual_seed(0)
     model = SmallCNN()
-    tdm = TDMPlugin(sparsity=0.75)
+    tdm = TDMPlugin(sparsity=0.75, **TDM_RULES_OFF)
     strategy = DER(
         model=model,
         optimizer=sgd(model),
@@ -211,7 +211,7 @@ def test_one_train_call_over_a_list_equals_one_call_per_experience(digits_benchm
     for by_list in (True, False):
         torch.manual_seed(0)
         model = SmallCNN()
-        tdm = TDMPlugin(sparsity=0.75, seed=3)
+        tdm = TDMPlugin(sparsity=0.75, seed=3, **TDM_RULES_OFF)
         strategy = naive(model, [tdm])
         stream = digits_benchmark.train_stream[:2]
         if by_list:
@@ -276,8 +276,8 @@ def test_a_model_with_no_selectable_layer_fails_at_the_start_of_training(digits_
         (
             {"sparsty": 0.5},
             "TDMPlugin got unknown option(s) 'sparsty' (did you mean 'sparsity'?); accepted "
-            "options: expand_ratio, freeze_at, importance_lambda, mutate_ratio, profile, regrow, seed, "
-            "sparsity, update_every",
+            "options: expand_ratio, freeze_at, importance_lambda, min_update_steps, mutate_ratio, profile, "
+            "regrow, seed, sparsity, update_every",
         ),
         ({"sparsity": 1.2}, "sparsity must be in [0, 1), got 1.2"),
         ({"expand_ratio": 0.5, "sparsity": 0.4}, "expand_ratio must be in [0, 0.4], got 0.5"),
