@@ -23,6 +23,7 @@ import torch
 from avalanche.core import SupervisedPlugin
 from torch import Tensor
 
+from avalanche_sparcl.distributed import unwrap
 from avalanche_sparcl.validation import check_positive_int
 
 
@@ -42,7 +43,7 @@ class TrainingPosition:
         return f"experience {self.experience}, epoch {self.epoch}, iteration {self.iteration}"
 
 
-class NonFiniteGuardPlugin(SupervisedPlugin):
+class NonFiniteGuardPlugin(SupervisedPlugin, supports_distributed=True):
     """Raises :class:`NonFiniteTrainingError` when the training loss or a weight becomes non-finite.
 
     Positions are 0-based, as in Avalanche's clock: ``experience`` is the experience's index in its
@@ -96,7 +97,7 @@ class NonFiniteGuardPlugin(SupervisedPlugin):
                     f"non-finite training loss ({loss}) at {position}; training stopped"
                 )
         if not math.isfinite(largest_weight):
-            names = ", ".join(non_finite_tensor_names(strategy.model))
+            names = ", ".join(non_finite_tensor_names(unwrap(strategy.model)))
             raise NonFiniteTrainingError(
                 f"non-finite weights ({names}) found after the update at {pending[-1][0]}, "
                 f"checked every {self.check_every} iteration(s); training stopped"

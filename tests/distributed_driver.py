@@ -1,0 +1,129 @@
+"""A small SparCL run (TDM, DDR, DGM) that records what every rank holds, for the distributed tests.
+
+Naive on a synthetic benchmark of 2 experiences of 64 examples, 4 epochs each: one DDR stage of 16
+examples at epoch 2, mask updates and DGM refreshes at every opportunity. Launched as
+
+    python -m torch.distributed.run --nproc_per_node 2 tests/distributed_driver.py --out DIR --batch 8
+    python tests/distributed_driver.py --out DIR --batch 16      # the same global batch in one process
+
+each process writes ``DIR/rank{r}.json``: the digests of the weight and gradient masks after every
+optimizer step, the kept set after every removal stage, the run's training FLOPs, the warnings about
+distributed support and the message of a disagreement the check must catch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from avalanche.core import SupervisedPlugin
+from avalanche.distributed import DistributedHelper
+from avalanche.training import Naive
+from avalanche.training.plugins import EvaluationPlugin
+
+from avalanche_sparcl.distributed import RankDisagreementError, check_agreement, rank, tensors_digest
+from avalanche_sparcl.metrics import flops_metrics
+from avalanche_sparcl.models import SmallCNN
+from avalanche_sparcl.plugins import SparCLPlugin
+
+sys.path.insert(0, str(Path(__file__).parent))
+from conftest import make_tensor_benchmark  # noqa: E402
+
+EPOCHS = 4
+REMOVAL_RATIO = 0.25
+
+
+class AgreementRecorder(SupervisedPlugin, supports_distributed=True):
+    """Listed after SparCLPlugin: sees the masks and kept sets the plugin left for each step."""
+
+    def __init__(self, sparcl: SparCLPlugin):
+        super().__init__()
+        self.sparcl = sparcl
+        self.steps: list[dict[str, Any]] = []
+        self.stages: list[dict[str, Any]] = []
+
+    def after_update(self, strategy: Any, **kwargs: Any) -> None:
+        self.steps.append(
+            {
+                "experience": strategy.clock.train_exp_counter,
+                "epoch": strategy.clock.train_exp_epochs,
+                "iteration": strategy.clock.train_epoch_iterations,
+                "masks": tensors_digest(self.sparcl.masks),
+                "gradient_masks": tensors_digest(self.sparcl.gradient_masks),
+            }
+        )
+
+    def before_training_epoch(self, strategy: Any, **kwargs: Any) -> None:
+        record = self.sparcl.ddr.removal.current
+        if record.stages and record.stages[-1].epoch == strategy.clock.train_exp_epochs:
+            self.stages.append(
+                {
+                    "experience": record.experience,
+                    "epoch": record.stages[-1].epoch,
+                    "n_examples": record.n_examples,
+                    "removed": record.stages[-1].removed,
+                    "kept": tensors_digest({"kept": self.sparcl.ddr.removal.kept_positions}),
+                }
+            )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--batch", type=int, required=True)
+    args = parser.parse_args()
+    distributed = "LOCAL_RANK" in os.environ
+    if distributed:
+        DistributedHelper.init_distributed(0, backend="gloo", use_cuda=False)
+    else:
+        DistributedHelper.set_random_seeds(0)
+    benchmark = make_tensor_benchmark(32, 4, 2, (1, 8, 8))
+    model = DistributedHelper.wrap_model(SmallCNN(num_classes=4, width=8))
+    sparcl = SparCLPlugin(
+        sparsity=0.5,
+        removal_ratio=REMOVAL_RATIO,
+        gradient_sparsity=0.3,
+        min_update_steps=0,
+        update_every=0.25,
+        min_experience_steps=0,
+        refresh_every=3,
+    )
+    recorder = AgreementRecorder(sparcl)
+    flops = flops_metrics()[0]
+    strategy = Naive(
+        model=model,
+        optimizer=torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9),
+        train_mb_size=args.batch,
+        train_epochs=EPOCHS,
+        plugins=[sparcl, recorder],
+        evaluator=EvaluationPlugin(flops, loggers=[]),
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for experience in benchmark.train_stream:
+            strategy.train(experience)
+    try:  # a state that differs between ranks must be caught
+        check_agreement("the ranks' own numbers", {"rank": torch.tensor([rank()])})
+        disagreement = None
+    except RankDisagreementError as error:
+        disagreement = str(error)
+    result = {
+        "world_size": DistributedHelper.world_size,
+        "steps": recorder.steps,
+        "stages": recorder.stages,
+        "train_flops": flops.result(),
+        "distributed_warnings": [str(w.message) for w in caught if "distributed" in str(w.message)],
+        "disagreement": disagreement,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"rank{rank()}.json").write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
