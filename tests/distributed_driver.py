@@ -6,6 +6,8 @@ examples at epoch 2, mask updates and DGM refreshes at every opportunity. Launch
     python -m torch.distributed.run --nproc_per_node 2 tests/distributed_driver.py --out DIR --batch 8
     python tests/distributed_driver.py --out DIR --batch 16      # the same global batch in one process
 
+(the tests run the one-process case in their own process, through ``main``);
+
 each process writes ``DIR/rank{r}.json``: the digests of the weight and gradient masks after every
 optimizer step, the kept set after every removal stage, the run's training FLOPs, the warnings about
 distributed support and the message of a disagreement the check must catch.
@@ -73,11 +75,11 @@ class AgreementRecorder(SupervisedPlugin, supports_distributed=True):
             )
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--batch", type=int, required=True)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     distributed = "LOCAL_RANK" in os.environ
     if distributed:
         DistributedHelper.init_distributed(0, backend="gloo", use_cuda=False)

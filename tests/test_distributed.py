@@ -12,12 +12,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+import distributed_driver
 import pytest
 import torch
+from checkpoint_driver import one_thread
 
 from avalanche_sparcl.distributed import check_agreement, digests_of_all_ranks, tensors_digest
+from avalanche_sparcl.experiments import cli
 
 DRIVER = Path(__file__).with_name("distributed_driver.py")
+RUN_DRIVER = Path(__file__).with_name("distributed_run_driver.py")
+CONFIG = Path(__file__).parents[1] / "experiments/configs/split_digits/sparcl_der_0.75_buf200.yaml"
 EXAMPLES_PER_EXPERIENCE = 64
 REMOVED_PER_EXPERIENCE = 16  # round(0.25 * 64), in the driver's single stage at epoch 2
 
@@ -28,24 +33,21 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def run_driver(out: Path, batch: int, nproc: int) -> list[dict]:
-    launcher = [sys.executable]
-    if nproc > 1:
-        launcher += ["-m", "torch.distributed.run", f"--nproc_per_node={nproc}"]
-        launcher += [f"--master_port={free_port()}"]
-    command = [*launcher, str(DRIVER), "--out", str(out), "--batch", str(batch)]
-    subprocess.run(command, check=True, timeout=300)
-    return [json.loads((out / f"rank{r}.json").read_text()) for r in range(nproc)]
-
-
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory) -> list[dict]:
-    return run_driver(tmp_path_factory.mktemp("two_ranks"), batch=8, nproc=2)
+    out = tmp_path_factory.mktemp("two_ranks")
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2"]
+    launcher += [f"--master_port={free_port()}"]
+    subprocess.run([*launcher, str(DRIVER), "--out", str(out), "--batch", "8"], check=True, timeout=300)
+    return [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
 
 
 @pytest.fixture(scope="module")
 def one_process(tmp_path_factory) -> dict:
-    return run_driver(tmp_path_factory.mktemp("one_process"), batch=16, nproc=1)[0]
+    out = tmp_path_factory.mktemp("one_process")
+    with one_thread():  # as each launched process runs
+        distributed_driver.main(["--out", str(out), "--batch", "16"])  # no process group: one process
+    return json.loads((out / "rank0.json").read_text())
 
 
 def test_masks_and_gradient_masks_equal_on_both_ranks_after_every_step(two_ranks):
@@ -91,3 +93,54 @@ def test_agreement_check_is_free_in_one_process():
     check_agreement("masks", masks)  # no process group: nothing to compare with
     assert digests_of_all_ranks(masks) == [tensors_digest(dict(reversed(masks.items())))]
     assert tensors_digest(masks) != tensors_digest({**masks, "b": torch.tensor([True, True])})
+
+
+@pytest.fixture(scope="module")
+def runner_in_two_ranks(tmp_path_factory) -> tuple[Path, list[dict]]:
+    out = tmp_path_factory.mktemp("runner")
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2"]
+    launcher += [f"--master_port={free_port()}"]
+    subprocess.run([*launcher, str(RUN_DRIVER), str(out)], check=True, timeout=300)
+    return out, [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
+
+
+def comparable(results: dict) -> dict:
+    return {key: value for key, value in results.items() if key not in ("wall_time_s", "train_time_s")}
+
+
+def test_a_resumed_two_process_run_equals_the_uninterrupted_one(runner_in_two_ranks):
+    out, (rank0, rank1) = runner_in_two_ranks
+    assert rank0["trained_again"] == rank1["trained_again"] == [1]  # the smoke run's second experience
+    assert comparable(rank0["resumed"]) == comparable(rank0["uninterrupted"]) == comparable(rank1["resumed"])
+    results = rank0["resumed"]
+    assert results["world_size"] == 2
+    assert len(results["mask_digests"]) == 2 and len(set(results["mask_digests"])) == 1
+    assert results["kept_data"] < 1.0  # DDR removed examples
+    run_dirs = [out / run / "smoke" / "split_digits" / "sparcl_der_0.75_buf200" / "seed_0" for run in "ab"]
+    for name in ("eval_results.csv", "training_results.csv"):  # rank 0 alone logged, once per row
+        assert (run_dirs[1] / "csv" / name).read_text() == (run_dirs[0] / "csv" / name).read_text()
+    assert [len(list((run_dir / "tensorboard").iterdir())) for run_dir in run_dirs] == [1, 1]
+    assert json.loads((run_dirs[1] / "results.json").read_text())["mask_digests"] == results["mask_digests"]
+
+
+def test_nproc_relaunches_the_command_under_torchs_launcher(monkeypatch, tmp_path):
+    launched = []
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    monkeypatch.setattr(cli.subprocess, "run", lambda command, check: launched.append(command) or Done())
+    config = str(CONFIG)
+    arguments = ["run", config, "--seeds", "0", "--nproc", "2", "--quiet", "--out", str(tmp_path)]
+    assert cli.main(arguments) == 7
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    worker_arguments = ["run", config, "--seeds", "0", "--quiet", "--out", str(tmp_path)]
+    assert launched == [[*launcher, "-m", "avalanche_sparcl.experiments.cli", *worker_arguments]]
+    assert not any(tmp_path.iterdir())  # the launcher's processes write the runs, not this one
+
+
+class Done:
+    returncode = 7
+
+
+def test_nproc_must_be_a_positive_integer(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["run", "x.yaml", "--nproc", "0"])
+    assert "--nproc must be an integer >= 1, got '0'" in capsys.readouterr().err
