@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import distributed_driver
 import pytest
@@ -19,6 +20,7 @@ from checkpoint_driver import one_thread
 
 from avalanche_sparcl.distributed import check_agreement, digests_of_all_ranks, tensors_digest
 from avalanche_sparcl.experiments import cli
+from avalanche_sparcl.plugins import guard
 
 DRIVER = Path(__file__).with_name("distributed_driver.py")
 RUN_DRIVER = Path(__file__).with_name("distributed_run_driver.py")
@@ -144,3 +146,21 @@ def test_nproc_must_be_a_positive_integer(capsys):
     with pytest.raises(SystemExit):
         cli.main(["run", "x.yaml", "--nproc", "0"])
     assert "--nproc must be an integer >= 1, got '0'" in capsys.readouterr().err
+
+
+def test_the_guard_stops_every_rank_when_another_rank_sees_a_non_finite_loss(monkeypatch):
+    monkeypatch.setattr(guard, "is_distributed", lambda: True)
+    other_rank_flags = torch.tensor([False, True, False])  # its second loss is NaN; weights are finite
+    monkeypatch.setattr(guard, "max_across_ranks", lambda flags: other_rank_flags | flags)
+    plugin = guard.NonFiniteGuardPlugin(check_every=2)
+    clock = SimpleNamespace(train_exp_epochs=1, train_epoch_iterations=0)
+    experience = SimpleNamespace(current_experience=3)
+    model, loss = torch.nn.Linear(2, 2), torch.tensor(0.5)
+    strategy = SimpleNamespace(model=model, experience=experience, clock=clock, loss=loss)
+    plugin.after_update(strategy)
+    clock.train_epoch_iterations = 1
+    with pytest.raises(guard.NonFiniteTrainingError) as error:
+        plugin.after_update(strategy)
+    assert str(error.value) == (
+        "non-finite training loss (on another rank) at experience 3, epoch 1, iteration 1; training stopped"
+    )
