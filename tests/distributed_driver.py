@@ -3,14 +3,14 @@
 Naive on a synthetic benchmark of 2 experiences of 64 examples, 4 epochs each: one DDR stage of 16
 examples at epoch 2, mask updates and DGM refreshes at every opportunity. Launched as
 
-    python -m torch.distributed.run --nproc_per_node 2 tests/distributed_driver.py --out DIR --batch 8
-    python tests/distributed_driver.py --out DIR --batch 16      # the same global batch in one process
+    python -m torch.distributed.run --standalone --nproc_per_node 2 tests/distributed_driver.py \
+        --out DIR --batch 8
+    python tests/distributed_driver.py --out DIR --batch 16  # the same global batch in one process
 
-(the tests run the one-process case in their own process, through ``main``);
-
-each process writes ``DIR/rank{r}.json``: the digests of the weight and gradient masks after every
-optimizer step, the kept set after every removal stage, the run's training FLOPs, the warnings about
-distributed support and the message of a disagreement the check must catch.
+(the tests run the one-process case inside pytest, through ``main``). Each process writes
+``DIR/rank{r}.json``: the digests of the weight and gradient masks after every optimizer step, the
+kept set after every removal stage, the run's training FLOPs, the warnings about distributed support
+and the message of a disagreement the check must catch.
 """
 
 from __future__ import annotations

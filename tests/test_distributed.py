@@ -7,7 +7,6 @@ once in one process with batch 16 (the same global batch).
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -26,21 +25,15 @@ DRIVER = Path(__file__).with_name("distributed_driver.py")
 RUN_DRIVER = Path(__file__).with_name("distributed_run_driver.py")
 CONFIG = Path(__file__).parents[1] / "experiments/configs/split_digits/sparcl_der_0.75_buf200.yaml"
 EXAMPLES_PER_EXPERIENCE = 64
+LAUNCHER = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+"""torch's launcher, 2 processes on a free port of this machine."""
 REMOVED_PER_EXPERIENCE = 16  # round(0.25 * 64), in the driver's single stage at epoch 2
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory) -> list[dict]:
     out = tmp_path_factory.mktemp("two_ranks")
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2"]
-    launcher += [f"--master_port={free_port()}"]
-    subprocess.run([*launcher, str(DRIVER), "--out", str(out), "--batch", "8"], check=True, timeout=300)
+    subprocess.run([*LAUNCHER, str(DRIVER), "--out", str(out), "--batch", "8"], check=True, timeout=300)
     return [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
 
 
@@ -100,9 +93,7 @@ def test_agreement_check_is_free_in_one_process():
 @pytest.fixture(scope="module")
 def runner_in_two_ranks(tmp_path_factory) -> tuple[Path, list[dict]]:
     out = tmp_path_factory.mktemp("runner")
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2"]
-    launcher += [f"--master_port={free_port()}"]
-    subprocess.run([*launcher, str(RUN_DRIVER), str(out)], check=True, timeout=300)
+    subprocess.run([*LAUNCHER, str(RUN_DRIVER), str(out)], check=True, timeout=300)
     return out, [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
 
 
