@@ -155,3 +155,13 @@ def test_the_guard_stops_every_rank_when_another_rank_sees_a_non_finite_loss(mon
     assert str(error.value) == (
         "non-finite training loss (on another rank) at experience 3, epoch 1, iteration 1; training stopped"
     )
+
+
+def test_nproc_on_cuda_needs_one_gpu_per_process(monkeypatch, capsys, tmp_path):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    arguments = ["run", str(CONFIG), "--nproc", "2", "--device", "cuda", "--out", str(tmp_path)]
+    assert cli.main(arguments) == 2
+    assert capsys.readouterr().err == (
+        "sparcl-bench: error: --nproc 2 --device cuda needs one GPU per process; this machine has 1\n"
+    )

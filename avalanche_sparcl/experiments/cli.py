@@ -140,6 +140,7 @@ def check_runnable(configs: Sequence[ExperimentConfig], device: str, smoke: bool
 def run_command(args: argparse.Namespace, argv: Sequence[str]) -> int:
     configs = [load_config(path) for path in args.configs]
     check_runnable(configs, args.device, args.smoke, args.out)
+    check_processes(args.nproc, args.device)
     if args.nproc > 1 and LAUNCHED_RANK not in os.environ:
         return launch_processes(args.nproc, argv)
     if LAUNCHED_RANK in os.environ and not is_distributed():
@@ -161,6 +162,19 @@ def run_command(args: argparse.Namespace, argv: Sequence[str]) -> int:
                 flush=True,
             )
     return 0
+
+
+def check_processes(nproc: int, device: str) -> None:
+    """NCCL runs one process per GPU: refuse more processes than GPUs before launching any."""
+    if device != "cuda" or nproc == 1:
+        return
+    import torch
+
+    if torch.cuda.device_count() < nproc:
+        raise ConfigError(
+            f"--nproc {nproc} --device cuda needs one GPU per process; this machine has "
+            f"{torch.cuda.device_count()}"
+        )
 
 
 LAUNCHED_RANK = "LOCAL_RANK"
