@@ -29,6 +29,7 @@ from avalanche.distributed import DistributedHelper
 from avalanche.training import Naive
 from avalanche.training.plugins import EvaluationPlugin
 
+from avalanche_sparcl.data_removal import ForgettingStatistics
 from avalanche_sparcl.distributed import RankDisagreementError, check_agreement, rank, tensors_digest
 from avalanche_sparcl.metrics import flops_metrics
 from avalanche_sparcl.models import SmallCNN
@@ -73,6 +74,25 @@ class AgreementRecorder(SupervisedPlugin, supports_distributed=True):
                     "kept": tensors_digest({"kept": self.sparcl.ddr.removal.kept_positions}),
                 }
             )
+
+
+PER_RANK_STATISTICS = [
+    # example 0 seen by both ranks (a distributed sampler's padding repeat), 1 by rank 0 only, 2 by
+    # rank 1 only; the last slot collects replay rows
+    {"observations": [2, 2, 0, 5], "forgetting_events": [1, 0, 0, 0], "correct_count": [1, 2, 0, 0],
+     "loss_sum": [1.0, 0.5, 0.0, 0.0], "labels": [3, 1, -1, -1]},
+    {"observations": [2, 0, 2, 7], "forgetting_events": [0, 0, 1, 0], "correct_count": [2, 0, 1, 0],
+     "loss_sum": [4.0, 0.0, 2.0, 0.0], "labels": [3, -1, 2, -1]},
+]  # fmt: skip
+
+
+def pooled_statistics() -> dict[str, list]:
+    """This rank's made-up window, pooled with the other rank's by ``combine_across_ranks``."""
+    statistics = ForgettingStatistics(3)
+    for name, values in PER_RANK_STATISTICS[rank()].items():
+        setattr(statistics, name, torch.tensor(values, dtype=getattr(statistics, name).dtype))
+    statistics.combine_across_ranks()
+    return {name: getattr(statistics, name).tolist() for name in PER_RANK_STATISTICS[0]}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -122,6 +142,7 @@ def main(argv: list[str] | None = None) -> None:
         "train_flops": flops.result(),
         "distributed_warnings": [str(w.message) for w in caught if "distributed" in str(w.message)],
         "disagreement": disagreement,
+        "pooled_statistics": pooled_statistics() if distributed else None,
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"rank{rank()}.json").write_text(json.dumps(result, indent=1))

@@ -64,6 +64,17 @@ def test_every_removal_stage_removes_the_same_exact_global_set(two_ranks):
     ]
 
 
+def test_forgetting_statistics_count_an_example_seen_by_two_ranks_once(two_ranks):
+    expected = {  # example 0 keeps rank 0's observations only; 1 and 2 those of the rank that saw them
+        "observations": [2, 2, 2, 5],
+        "forgetting_events": [1, 0, 1, 0],
+        "correct_count": [1, 2, 1, 0],
+        "loss_sum": [1.0, 0.5, 2.0, 0.0],
+        "labels": [3, 1, 2, -1],
+    }
+    assert two_ranks[0]["pooled_statistics"] == two_ranks[1]["pooled_statistics"] == expected
+
+
 def test_training_flops_count_every_rank_once(two_ranks, one_process):
     assert two_ranks[0]["train_flops"] == two_ranks[1]["train_flops"] == one_process["train_flops"]
     assert one_process["train_flops"] > 0
