@@ -19,6 +19,8 @@ from checkpoint_driver import one_thread
 
 from avalanche_sparcl.distributed import check_agreement, digests_of_all_ranks, tensors_digest
 from avalanche_sparcl.experiments import cli
+from avalanche_sparcl.experiments.config import load_config
+from avalanche_sparcl.experiments.fingerprint import run_identity
 from avalanche_sparcl.plugins import guard
 
 DRIVER = Path(__file__).with_name("distributed_driver.py")
@@ -176,3 +178,10 @@ def test_nproc_on_cuda_needs_one_gpu_per_process(monkeypatch, capsys, tmp_path):
     assert capsys.readouterr().err == (
         "sparcl-bench: error: --nproc 2 --device cuda needs one GPU per process; this machine has 1\n"
     )
+
+
+def test_a_data_parallel_run_has_another_identity_and_one_process_identities_are_unchanged():
+    config = load_config(CONFIG)
+    one_process = run_identity(config, smoke=False)
+    assert set(one_process) == {"config", "smoke", "package_version"}
+    assert run_identity(config, smoke=False, world_size=2) == {**one_process, "world_size": 2}
