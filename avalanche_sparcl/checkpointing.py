@@ -34,6 +34,9 @@ from typing import Any, BinaryIO, TypeVar
 import torch
 from avalanche.checkpointing import maybe_load_checkpoint as avalanche_maybe_load_checkpoint
 from avalanche.checkpointing import save_checkpoint as avalanche_save_checkpoint
+from avalanche.distributed import DistributedHelper
+
+from avalanche_sparcl.distributed import decided_on_rank0, unwrap
 
 Strategy = TypeVar("Strategy")
 
@@ -160,8 +163,27 @@ def save_checkpoint(strategy: Any, path: str | os.PathLike, exclude: list[str] |
 
     The previous checkpoint at ``path`` stays intact until the new one is completely on disk.
     ``exclude`` names strategy attributes not to save, as in Avalanche. Returns ``path``.
+
+    In data-parallel training rank 0 writes the file, with the model outside its
+    DistributedDataParallel wrapper (which holds a process group), and every rank returns once it is
+    on disk (or raises rank 0's error).
     """
+    return decided_on_rank0(lambda: write_checkpoint(strategy, path, exclude))
+
+
+def write_checkpoint(strategy: Any, path: str | os.PathLike, exclude: list[str] | None) -> Path:
+    """``save_checkpoint`` in one process."""
     make_torch_optimizers_picklable()
+    wrapped = strategy.model
+    strategy.model = unwrap(wrapped)
+    try:
+        write_strategy(strategy, path, exclude)
+    finally:
+        strategy.model = wrapped
+    return Path(path)
+
+
+def write_strategy(strategy: Any, path: str | os.PathLike, exclude: list[str] | None) -> None:
     with atomic_file(path) as stream:
         stream.write(HEADER_FORMAT % (b"0" * 64, 0))
         writer = ChecksummedWriter(stream)
@@ -173,7 +195,6 @@ def save_checkpoint(strategy: Any, path: str | os.PathLike, exclude: list[str] |
             raise
         stream.seek(0)
         stream.write(HEADER_FORMAT % (writer.sha256.hexdigest().encode(), writer.size))
-    return Path(path)
 
 
 def read_checkpoint(path: str | os.PathLike) -> bytes:
@@ -238,6 +259,9 @@ def maybe_resume(
     The checksum is checked before anything is unpickled: a file that is empty, truncated, corrupted,
     not written by :func:`save_checkpoint` or unloadable with this code raises :class:`CheckpointError`
     and leaves ``strategy`` unchanged.
+
+    In data-parallel training every rank loads the file rank 0 wrote and wraps the loaded model for
+    DistributedDataParallel again, so all ranks start from the same state.
     """
     if not Path(path).exists():
         return strategy, 0
@@ -245,9 +269,11 @@ def maybe_resume(
     make_torch_optimizers_picklable()
     try:
         with contextlib.redirect_stdout(io.StringIO()):  # Avalanche prints one line per unpickled device
-            return avalanche_maybe_load_checkpoint(
+            strategy, next_experience = avalanche_maybe_load_checkpoint(
                 strategy, io.BytesIO(payload), map_location, unique_objects
             )
+            strategy.model = DistributedHelper.wrap_model(unwrap(strategy.model))
+            return strategy, next_experience
     except (pickle.UnpicklingError, EOFError, RuntimeError, AttributeError, ImportError) as error:
         reason = (str(error).splitlines() or [""])[0]
         raise CheckpointError(

@@ -27,6 +27,10 @@ at 90; the paper setting (50 epochs, thousands of steps) is never affected.
 DDR never removes the last example of a class: the hardest kept example of each class it has observed
 (by the label seen in ``observe``) stays, so any ``removal_ratio`` in [0, 1) trains on every class of
 the experience to its end, and near 1 the ratio is a ceiling (0.999 keeps one example per class).
+
+Data-parallel training: each rank observes its shard of the experience, so before a stage the ranks
+pool their statistics (``ForgettingStatistics.combine_across_ranks``) and every rank removes the same
+global set, of the same size as in one process; the kept sets are checked to agree.
 """
 
 from __future__ import annotations
@@ -38,6 +42,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from avalanche_sparcl.distributed import (
+    check_agreement,
+    is_distributed,
+    max_across_ranks,
+    min_across_ranks,
+    rank,
+    sum_across_ranks,
+    world_size,
+)
 from avalanche_sparcl.validation import check_fraction, check_non_negative_int, check_positive_int
 
 UNKNOWN_LABEL = -1
@@ -181,6 +194,23 @@ class ForgettingStatistics:
         self.last_correct[positions] = correct
         self.labels[positions] = labels.long()
 
+    def combine_across_ranks(self) -> None:
+        """Replace this rank's window by the whole job's, identical on every rank.
+
+        Each example counts with the observations of one rank only, the lowest that observed it:
+        a distributed sampler pads its shards with repeats of a few examples, seen by two ranks at
+        different steps, and adding their sequences would count forgetting events twice.
+        """
+        if not is_distributed():
+            return
+        observed = self.observations > 0
+        owner = torch.where(observed, rank(), world_size())
+        mine = (min_across_ranks(owner) == rank()) & observed
+        for name in ("forgetting_events", "correct_count", "observations", "loss_sum", "last_correct"):
+            setattr(self, name, sum_across_ranks(getattr(self, name) * mine))
+        self.last_correct = self.last_correct.bool()
+        self.labels = max_across_ranks(self.labels)
+
     def difficulty_keys(self, positions: Tensor) -> tuple[Tensor, Tensor]:
         """(forgetting score, mean loss) of each position; never correct in the window scores +inf."""
         positions = positions.to(self.device, torch.long)
@@ -311,8 +341,10 @@ class DynamicDataRemoval:
         if not due:
             return None
         count = sum(stage.count for stage in due)
+        self.statistics.combine_across_ranks()
         removed = select_removable(self.statistics, self.kept_positions, count).cpu()
         self.kept_positions = self.kept_positions[~torch.isin(self.kept_positions, removed)]
+        check_agreement(f"DDR's kept examples before epoch {epoch}", {"kept_positions": self.kept_positions})
         self.statistics.reset()
         self.current.stages.append(
             StageRecord(epoch, len(removed), len(self.kept_positions), tuple(removed.tolist()))

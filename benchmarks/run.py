@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from distributed_throughput import DISTRIBUTED_SECTION  # noqa: E402
 from export_report import EXPORT_SECTION, export_section  # noqa: E402
 from overhead import measure as measure_overhead  # noqa: E402
 from overhead import parse_args as overhead_args  # noqa: E402
@@ -327,6 +328,7 @@ def main(argv: list[str] | None = None) -> None:
     markdown += kept_section(args.docs / "benchmarks.md", SPLIT_FMNIST_SECTION)
     for section in SHORT_SCHEDULE_SECTIONS:
         markdown += kept_section(args.docs / "benchmarks.md", section)
+    markdown += kept_section(args.docs / "benchmarks.md", DISTRIBUTED_SECTION)
     (args.docs / "benchmarks.md").write_text(markdown)
     print(markdown)
 

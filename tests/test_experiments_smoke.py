@@ -19,7 +19,7 @@ RESULT_KEYS = {
     "device", "config_path", "config", "identity", "fingerprint", "versions", "class_il_accuracy",
     "task_il_accuracy", "class_il_forgetting", "task_il_forgetting", "accuracy_matrix", "train_flops",
     "train_flops_after_experience", "train_iterations", "wall_time_s", "train_time_s", "weight_sparsity",
-    "kept_data", "curves",
+    "kept_data", "curves", "world_size", "mask_digests",
 }  # fmt: skip
 
 
@@ -30,6 +30,7 @@ def test_shipped_config_runs_end_to_end_in_smoke_mode(tmp_path, path):
     run_dir = run_directory(config, 0, tmp_path, smoke=True)
     assert json.loads((run_dir / "results.json").read_text())["train_flops"] == results["train_flops"]
     assert set(results) == RESULT_KEYS
+    assert results["world_size"] == 1 and len(results["mask_digests"]) == 1
     assert 0 < results["train_time_s"] < results["wall_time_s"]
     n_experiences = BENCHMARK_SHAPES[config.benchmark["name"]].default_experiences
     for kind in ("class_il", "task_il"):

@@ -1,7 +1,7 @@
 """``sparcl-bench``: run experiment configs and report on the runs.
 
     sparcl-bench run CONFIG.yaml [CONFIG ...] [--out runs/] [--seeds 0 1 2] [--device cpu|cuda]
-                     [--quiet] [--smoke] [--restart]
+                     [--quiet] [--smoke] [--restart] [--nproc N]
     sparcl-bench report RUNS_DIR [--out report/]
     sparcl-bench export RUN_DIR --out DIR [--onnx]
 
@@ -13,11 +13,18 @@ results, a damaged checkpoint or results.json, a folder another process is runni
 system error (full disk, no permission) also exit with code 2 and one line naming the file or folder.
 Training that turns non-finite stops with exit code 1 and a message naming the experience, epoch and
 iteration.
+
+``--nproc N`` trains each run data-parallel in N processes on this machine: the command starts itself
+again under torch's launcher (``python -m torch.distributed.run --standalone --nproc_per_node N``),
+each process joins the group (gloo on CPU, NCCL on CUDA, one GPU per process) and rank 0 alone writes
+run folders, logs, checkpoints and results.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,6 +37,7 @@ from avalanche_sparcl.benchmarks import (
 )
 from avalanche_sparcl.checkpointing import CheckpointError
 from avalanche_sparcl.console import hide_avalanche_deprecation_notices
+from avalanche_sparcl.distributed import is_distributed, rank
 from avalanche_sparcl.experiments.config import BENCHMARK_SHAPES, ConfigError, ExperimentConfig, load_config
 from avalanche_sparcl.experiments.runner import (
     RunFolderError,
@@ -56,6 +64,17 @@ def seed_value(text: str) -> int:
     return seed
 
 
+def process_count(text: str) -> int:
+    """An argparse type: a number of processes, at least 1."""
+    try:
+        count = int(text)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"--nproc must be an integer >= 1, got {text!r}")
+    return count
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sparcl-bench", description="SparCL experiments on Avalanche.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -72,6 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--restart", action="store_true", help="ignore checkpoints and finished results; start over"
+    )
+    run.add_argument(
+        "--nproc",
+        type=process_count,
+        default=1,
+        help="data-parallel processes per run, through torch.distributed.run (default: 1)",
     )
     report = commands.add_parser("report", help="Markdown table and plots from the runs under RUNS_DIR")
     report.add_argument("runs_dir", type=Path, metavar="RUNS_DIR")
@@ -112,15 +137,22 @@ def check_runnable(configs: Sequence[ExperimentConfig], device: str, smoke: bool
             raise ConfigError(f"{config.path}: {error}") from None
 
 
-def run_command(args: argparse.Namespace) -> int:
+def run_command(args: argparse.Namespace, argv: Sequence[str]) -> int:
     configs = [load_config(path) for path in args.configs]
     check_runnable(configs, args.device, args.smoke, args.out)
+    check_processes(args.nproc, args.device)
+    if args.nproc > 1 and LAUNCHED_RANK not in os.environ:
+        return launch_processes(args.nproc, argv)
+    if LAUNCHED_RANK in os.environ and not is_distributed():
+        join_process_group(args.device)
     options = RunOptions(
         out_dir=args.out, device=args.device, quiet=args.quiet, smoke=args.smoke, restart=args.restart
     )
     for config in configs:
         for seed in args.seeds:
             results = run_experiment(config, seed, options)
+            if rank() != 0:
+                continue  # one line per run, from the process that wrote it
             print(
                 f"{results['benchmark']} {config.name} seed {seed}: "
                 f"Class-IL {100 * results['class_il_accuracy']:.2f}%, "
@@ -130,6 +162,56 @@ def run_command(args: argparse.Namespace) -> int:
                 flush=True,
             )
     return 0
+
+
+def check_processes(nproc: int, device: str) -> None:
+    """NCCL runs one process per GPU: refuse more processes than GPUs before launching any."""
+    if device != "cuda" or nproc == 1:
+        return
+    import torch
+
+    if torch.cuda.device_count() < nproc:
+        raise ConfigError(
+            f"--nproc {nproc} --device cuda needs one GPU per process; this machine has "
+            f"{torch.cuda.device_count()}"
+        )
+
+
+LAUNCHED_RANK = "LOCAL_RANK"
+"""Set by torch's launcher in every process it starts."""
+
+
+def launch_processes(nproc: int, argv: Sequence[str]) -> int:
+    """Run this command in ``nproc`` processes under torch's launcher; its exit code.
+
+    The processes get the arguments without ``--nproc`` (the launcher would read it as its own
+    ``--nproc-per-node``); they know they are launched from ``LOCAL_RANK``.
+    """
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+    command = [*launcher, "-m", "avalanche_sparcl.experiments.cli", *without_nproc(argv)]
+    return subprocess.run(command, check=False).returncode
+
+
+def without_nproc(argv: Sequence[str]) -> list[str]:
+    """``argv`` less its ``--nproc N`` or ``--nproc=N``."""
+    kept: list[str] = []
+    skip_value = False
+    for argument in argv:
+        if skip_value:
+            skip_value = False
+        elif argument == "--nproc":
+            skip_value = True
+        elif not argument.startswith("--nproc="):
+            kept.append(argument)
+    return kept
+
+
+def join_process_group(device: str) -> None:
+    """Join the launcher's process group: gloo on CPU, NCCL (one GPU per process) on CUDA."""
+    from avalanche.distributed import DistributedHelper
+
+    use_cuda = device == "cuda"
+    DistributedHelper.init_distributed(0, backend="nccl" if use_cuda else "gloo", use_cuda=use_cuda)
 
 
 def report_command(args: argparse.Namespace) -> int:
@@ -178,10 +260,11 @@ def user_error_message(error: Exception) -> str | None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``sparcl-bench``; returns the exit code."""
     hide_avalanche_deprecation_notices()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     try:
         if args.command == "run":
-            return run_command(args)
+            return run_command(args, argv)
         if args.command == "export":
             return export_command(args)
         return report_command(args)

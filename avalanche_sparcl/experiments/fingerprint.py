@@ -29,10 +29,12 @@ def package_version() -> str:
         return "not installed"
 
 
-def run_identity(config: ExperimentConfig, smoke: bool) -> dict[str, Any]:
+def run_identity(config: ExperimentConfig, smoke: bool, world_size: int = 1) -> dict[str, Any]:
     """Everything that decides what a run computes, as plain JSON values.
 
-    A profile is identified by its content, not its path, so editing the file changes the run.
+    A profile is identified by its content, not its path, so editing the file changes the run. A
+    data-parallel run (``world_size`` processes) trains on other minibatches, so its identity names
+    the process count; one-process identities stay as they always were.
     """
     resolved = {key: value for key, value in config.to_dict().items() if key not in IGNORED_CONFIG_KEYS}
     resolved = json.loads(json.dumps(resolved))  # deep copy, plain JSON types
@@ -40,7 +42,10 @@ def run_identity(config: ExperimentConfig, smoke: bool) -> dict[str, Any]:
         path = (resolved.get(section) or {}).get(key)
         if path is not None:
             resolved[section][key] = {"path": path, "content": profile_content(Path(path))}
-    return {"config": resolved, "smoke": bool(smoke), "package_version": package_version()}
+    identity = {"config": resolved, "smoke": bool(smoke), "package_version": package_version()}
+    if world_size > 1:
+        identity["world_size"] = world_size
+    return identity
 
 
 def profile_content(path: Path) -> Any:

@@ -13,6 +13,8 @@ process out while one runs it.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -30,7 +32,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from avalanche.benchmarks.utils.data_loader import SingleDatasetDataLoader
 from avalanche.core import SupervisedPlugin
+from avalanche.distributed import DistributedHelper
 from avalanche.evaluation.metrics import accuracy_metrics, forgetting_metrics, loss_metrics
 from avalanche.logging import CSVLogger, InteractiveLogger, TensorboardLogger
 from avalanche.training import DER, ER_ACE, Naive
@@ -48,6 +52,7 @@ from avalanche_sparcl.checkpointing import (
     save_checkpoint,
     write_text_atomically,
 )
+from avalanche_sparcl.distributed import decided_on_rank0, digests_of_all_ranks, rank, world_size
 from avalanche_sparcl.experiments.config import (
     BENCHMARK_SHAPES,
     ConfigError,
@@ -56,6 +61,7 @@ from avalanche_sparcl.experiments.config import (
 )
 from avalanche_sparcl.experiments.fingerprint import differing_keys, fingerprint, run_identity
 from avalanche_sparcl.metrics import data_metrics, flops_metrics, sparsity_metrics, task_il_accuracy_metrics
+from avalanche_sparcl.metrics.masks import WEIGHT_MASKS, strategy_masks
 from avalanche_sparcl.models import ResNet18, SmallCNN
 from avalanche_sparcl.plugins import NonFiniteGuardPlugin, ReservoirReplayPlugin, TDMPlugin
 from avalanche_sparcl.reproducibility import seed_everything
@@ -334,6 +340,8 @@ class ResumableCSVLogger(CSVLogger):
     def __setstate__(self, state: dict[str, Any]) -> None:
         lengths = state.pop("file_lengths")
         self.__dict__.update(state)
+        if rank() != 0:  # data-parallel: the files are rank 0's; this copy is dropped (train_and_evaluate)
+            return
         for attribute, file_name in self.FILES.items():
             path = Path(self.log_folder) / file_name
             with open(path, "a") as stream:
@@ -392,6 +400,8 @@ class ResumableTensorboardLogger(TensorboardLogger):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         event_file = Path(state["event_file"])
+        if rank() != 0:  # data-parallel: the file is rank 0's; this copy is dropped (train_and_evaluate)
+            return
         if event_file.is_file() and event_file.stat().st_size >= state["length"]:
             with open(event_file, "ab") as stream:
                 stream.truncate(state["length"])
@@ -401,7 +411,7 @@ class ResumableTensorboardLogger(TensorboardLogger):
             self.writer = self._make_writer(event_file.parent, state["filename_suffix"])
 
 
-class RunProgress(SupervisedPlugin):
+class RunProgress(SupervisedPlugin, supports_distributed=True):
     """What a run has measured so far, kept among the strategy's plugins so the checkpoint holds it."""
 
     def __init__(self) -> None:
@@ -527,28 +537,41 @@ def run_experiment(
     the same run is finished and not rerun; another run's checkpoint or results raise RunFolderError.
     ``options.restart`` starts over, deleting the folder's earlier results, checkpoint and logs.
     """
-    identity = run_identity(config, options.smoke)
+    identity = run_identity(config, options.smoke, world_size())
     run_dir = run_directory(config, seed, options.out_dir, options.smoke)
     check_profile_fits(config, options.smoke)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with RunLock(run_dir):
-        if not options.restart and (done := finished_results(run_dir)) is not None:
-            check_same_run(run_dir, done, identity, "a finished run")
+    with contextlib.ExitStack() as folder_held:
+        # data-parallel: rank 0 alone holds and prepares the folder; every rank follows its decision
+        done, resume = decided_on_rank0(lambda: claim_run_folder(run_dir, identity, options, folder_held))
+        if done is not None:
             return done
-        resume = not options.restart and (run_dir / CHECKPOINT_NAME).is_file()
-        if resume:
-            stored = read_json_record(run_dir / RUN_NAME)
-            if stored is None:
-                raise RunFolderError(
-                    f"{run_dir} holds a {CHECKPOINT_NAME} without {RUN_NAME}, so what produced it is "
-                    f"unknown; {WAYS_OUT}"
-                )
-            check_same_run(run_dir, stored, identity, "an interrupted run")
-        else:
-            clear_run_folder(run_dir)
-            record = {"identity": identity, "fingerprint": fingerprint(identity)}
-            write_text_atomically(run_dir / RUN_NAME, json.dumps(record, indent=2, allow_nan=True) + "\n")
         return train_and_evaluate(config, seed, options, run_dir, identity, resume, on_experience_end)
+
+
+def claim_run_folder(
+    run_dir: Path, identity: dict[str, Any], options: RunOptions, folder_held: contextlib.ExitStack
+) -> tuple[dict[str, Any] | None, bool]:
+    """Lock ``run_dir`` for the run (until ``folder_held`` closes) and say what to do: the finished
+    run's results (nothing to train), or whether to resume from its checkpoint."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    folder_held.enter_context(RunLock(run_dir))
+    if not options.restart and (done := finished_results(run_dir)) is not None:
+        check_same_run(run_dir, done, identity, "a finished run")
+        return done, False
+    resume = not options.restart and (run_dir / CHECKPOINT_NAME).is_file()
+    if resume:
+        stored = read_json_record(run_dir / RUN_NAME)
+        if stored is None:
+            raise RunFolderError(
+                f"{run_dir} holds a {CHECKPOINT_NAME} without {RUN_NAME}, so what produced it is "
+                f"unknown; {WAYS_OUT}"
+            )
+        check_same_run(run_dir, stored, identity, "an interrupted run")
+    else:
+        clear_run_folder(run_dir)
+        record = {"identity": identity, "fingerprint": fingerprint(identity)}
+        write_text_atomically(run_dir / RUN_NAME, json.dumps(record, indent=2, allow_nan=True) + "\n")
+    return None, resume
 
 
 def run_labels(config: ExperimentConfig, seed: int, identity: dict[str, Any], device: str) -> dict[str, Any]:
@@ -583,14 +606,22 @@ def train_and_evaluate(
     """The run itself, from its checkpoint if ``resume``: train, evaluate, checkpoint, results.json
     (labelled with ``identity``, the one checked against the folder's run.json)."""
     checkpoint = run_dir / CHECKPOINT_NAME
+    main_process = rank() == 0  # data-parallel: logs, checkpoints and results come from rank 0 only
     seed_everything(seed)
     benchmark = build_benchmark(config, seed, options.smoke)
-    model = build_model(config, options.smoke)
+    device = training_device(options.device)
+    model = DistributedHelper.wrap_model(build_model(config, options.smoke).to(device))
     sparse_plugin = build_sparse_plugin(config, seed, smoke=options.smoke)
-    evaluator, _ = build_evaluator(run_dir, options.quiet, log_files=not resume)
+    evaluator, _ = build_evaluator(run_dir, options.quiet or not main_process, not resume and main_process)
     plugins = [RunProgress(), NonFiniteGuardPlugin()] + ([] if sparse_plugin is None else [sparse_plugin])
-    strategy = build_strategy(config, model, plugins, evaluator, options, seed)
-    strategy, next_experience = maybe_resume(strategy, checkpoint, map_location=options.device)
+    if world_size() > 1:
+        plugins.append(WholeEvaluationStream())
+    strategy = build_strategy(
+        config, model, plugins, evaluator, dataclasses.replace(options, device=str(device)), seed
+    )
+    strategy, next_experience = maybe_resume(strategy, checkpoint, map_location=device)
+    if not main_process:
+        strategy.evaluator.loggers = []  # the checkpoint's loggers are rank 0's
     progress = next(p for p in strategy.plugins if isinstance(p, RunProgress))
     flops_metric = next(m for m in strategy.evaluator.metrics if str(m) == "TrainFLOPs")
 
@@ -631,6 +662,8 @@ def train_and_evaluate(
         "class_il_forgetting": stream_value(metrics, "StreamForgetting"),
         "task_il_forgetting": stream_value(metrics, "TaskIL_StreamForgetting"),
         "accuracy_matrix": {"class_il": progress.class_il_matrix, "task_il": progress.task_il_matrix},
+        "world_size": world_size(),
+        "mask_digests": digests_of_all_ranks(strategy_masks(strategy, WEIGHT_MASKS)),
         "train_flops": flops_metric.result(),
         "train_flops_after_experience": progress.flops_after_experience,
         "train_iterations": strategy.clock.train_iterations,
@@ -643,5 +676,30 @@ def train_and_evaluate(
             "kept_data": kept_data,
         },
     }
-    write_text_atomically(run_dir / RESULTS_NAME, json.dumps(results, indent=2, allow_nan=True) + "\n")
+    if main_process:
+        write_text_atomically(run_dir / RESULTS_NAME, json.dumps(results, indent=2, allow_nan=True) + "\n")
     return results
+
+
+def training_device(device: str) -> torch.device:
+    """``device`` as a torch device; on CUDA in data-parallel training, this rank's GPU (the one
+    ``DistributedHelper.init_distributed`` selected)."""
+    if device == "cuda" and world_size() > 1:
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device(device)
+
+
+class WholeEvaluationStream(SupervisedPlugin, supports_distributed=True):
+    """Every rank evaluates every test example: Avalanche 0.6 shards the evaluation data between
+    ranks and its accuracy metrics do not combine the shards, so rank 0 would report on its shard."""
+
+    def before_eval_exp(self, strategy: Any, **kwargs: Any) -> None:
+        """Replace the sharded evaluation loader by one over the whole experience."""
+        loader = strategy.dataloader
+        strategy.dataloader = SingleDatasetDataLoader(
+            strategy.adapted_dataset,
+            batch_size=strategy.eval_mb_size,
+            distributed_sampling=False,
+            **{key: value for key, value in loader.loader_kwargs.items() if key != "batch_size"},
+        )
+

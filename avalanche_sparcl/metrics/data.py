@@ -29,6 +29,8 @@ class KeptData(PluginMetric[float]):
     The fraction is read at the start of the epoch, after the plugins changed the data for it.
     """
 
+    supports_distributed = True  # every rank holds the whole kept set, not its shard
+
     def __init__(self, epoch: bool = True, experience: bool = True):
         super().__init__()
         self.emit_epoch = epoch

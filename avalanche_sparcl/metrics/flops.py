@@ -10,10 +10,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import torch
 from avalanche.evaluation import PluginMetric
 from avalanche.evaluation.metric_results import MetricResult, MetricValue
 from avalanche.evaluation.metric_utils import get_metric_name
 
+from avalanche_sparcl.distributed import is_distributed, sum_across_ranks, unwrap
 from avalanche_sparcl.metrics.flop_counter import FlopBreakdown, TrainingFlopCounter
 from avalanche_sparcl.metrics.masks import (
     GRADIENT_MASKS,
@@ -41,7 +43,14 @@ class TrainFlops(PluginMetric[float]):
     strategy makes when it ends), ``TrainFLOPs_Total`` (the whole run: the figure to compare between
     runs) and, with ``breakdown``, the run total of each part (forward, input gradient, weight
     gradient, other dense operations).
+
+    In data-parallel training each rank counts its own passes; at the end of every experience the
+    ranks' counts are summed into the job's (identical on every rank, so a checkpoint of any rank
+    holds them) and the per-rank counters restart. Between experience ends ``result()`` adds this
+    rank's passes since the last one to the job's total.
     """
+
+    supports_distributed = True  # per-rank counts are summed at every experience end
 
     def __init__(self, experience: bool = True, total: bool = True, breakdown: bool = False):
         super().__init__()
@@ -52,30 +61,34 @@ class TrainFlops(PluginMetric[float]):
         self._kept_counts = KeptCounts()
         self._gradient_kept_counts = KeptCounts()
         self._at_last_experience = FlopBreakdown()
+        self._job_folded = FlopBreakdown()  # data-parallel: the job's counts at the last experience end
         self._counting_before_eval: list[bool] = []
 
     def result(self) -> float:
-        return 0.0 if self.counter is None else self.counter.breakdown().total
+        return self.breakdown().total
 
     def breakdown(self) -> FlopBreakdown:
         """The run's FLOPs so far, by part."""
-        return FlopBreakdown() if self.counter is None else self.counter.breakdown()
+        if self.counter is None:
+            return FlopBreakdown()
+        return add_breakdowns(self._job_folded, self.counter.breakdown())
 
     def reset(self) -> None:
         if self.counter is not None:
             self.counter.reset()
         self._at_last_experience = FlopBreakdown()
+        self._job_folded = FlopBreakdown()
 
     def before_training(self, strategy: SupervisedTemplate) -> None:
         """Hook the model and start counting."""
         if self.counter is None:
-            self.counter = TrainingFlopCounter(strategy.model)
-        self.counter.attach(strategy.model)
+            self.counter = TrainingFlopCounter(unwrap(strategy.model))
+        self.counter.attach(unwrap(strategy.model))
         self.counter.counting = True
 
     def before_training_exp(self, strategy: SupervisedTemplate) -> None:
         """Follow a model the strategy adapted or replaced."""
-        self.counter.attach(strategy.model)
+        self.counter.attach(unwrap(strategy.model))
         self._refresh_weight_density(strategy)
 
     def before_training_iteration(self, strategy: SupervisedTemplate) -> None:
@@ -89,7 +102,9 @@ class TrainFlops(PluginMetric[float]):
 
     def after_training_exp(self, strategy: SupervisedTemplate) -> MetricResult:
         self._settle(strategy)
-        so_far = self.counter.breakdown()
+        if is_distributed():
+            self._fold_ranks()
+        so_far = self.breakdown()
         experience = so_far - self._at_last_experience
         self._at_last_experience = so_far
         position = strategy.clock.train_iterations
@@ -119,6 +134,15 @@ class TrainFlops(PluginMetric[float]):
         if self.counter is not None and self._counting_before_eval:
             self.counter.counting = self._counting_before_eval.pop()
 
+    def _fold_ranks(self) -> None:
+        """Sum every rank's counts into the job's total, the same on every rank, and restart the
+        per-rank counters (a collective: all ranks call it at the end of each experience)."""
+        parts = ("forward", "input_gradient", "weight_gradient", "other")
+        local = self.counter.breakdown()
+        summed = sum_across_ranks(torch.tensor([getattr(local, part) for part in parts], dtype=torch.float64))
+        self._job_folded = add_breakdowns(self._job_folded, FlopBreakdown(*summed.tolist()))
+        self.counter.reset()
+
     def _refresh_weight_density(self, strategy: Any) -> None:
         self.counter.weight_kept = self._kept_counts(strategy_masks(strategy, WEIGHT_MASKS))
 
@@ -128,6 +152,16 @@ class TrainFlops(PluginMetric[float]):
 
     def __str__(self) -> str:
         return "TrainFLOPs"
+
+
+def add_breakdowns(first: FlopBreakdown, second: FlopBreakdown) -> FlopBreakdown:
+    """Part-wise sum of two breakdowns."""
+    return FlopBreakdown(
+        first.forward + second.forward,
+        first.input_gradient + second.input_gradient,
+        first.weight_gradient + second.weight_gradient,
+        first.other + second.other,
+    )
 
 
 def flops_metrics(

@@ -16,6 +16,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from avalanche_sparcl.distributed import unwrap
+
 WEIGHT_MASKS = "masks"
 GRADIENT_MASKS = "gradient_masks"
 
@@ -44,7 +46,7 @@ def masked_parameters(strategy: Any) -> dict[str, Tensor]:
             names.update(dict.fromkeys(getattr(plugin, attribute, None) or {}))
     if not names:
         return {}
-    parameters = dict(strategy.model.named_parameters())
+    parameters = dict(unwrap(strategy.model).named_parameters())
     return {name: parameters[name] for name in names if name in parameters}
 
 

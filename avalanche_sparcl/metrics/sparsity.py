@@ -51,6 +51,8 @@ class WeightSparsity(PluginMetric[float]):
     ``WeightSparsity_Layer/<parameter name>`` for each one the current model has.
     """
 
+    supports_distributed = True  # DDP keeps the weights identical on every rank
+
     def __init__(self, per_layer: bool = True):
         super().__init__()
         self.per_layer = per_layer
@@ -88,6 +90,8 @@ class GradientSparsity(PluginMetric[float]):
     by its entry count (equal weights unless a parameter has no gradient at some step; such a
     parameter is skipped at that step). Emitted as ``GradientSparsity`` after each epoch.
     """
+
+    supports_distributed = True  # the gradients applied are averaged, identical on every rank
 
     def __init__(self) -> None:
         super().__init__()

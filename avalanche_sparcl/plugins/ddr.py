@@ -62,7 +62,7 @@ OTHER_TRAINING_DATA: dict[type, str] = {
 """Strategies known to train on more than the experience's data, with what they train on."""
 
 
-class DDRPlugin(SupervisedPlugin):
+class DDRPlugin(SupervisedPlugin, supports_distributed=True):
     """Removes the easiest examples of each experience in stages, so later epochs cost less and the
     replay buffer is filled with the harder, kept examples (SparCL Sec. 4.2).
 

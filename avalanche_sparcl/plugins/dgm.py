@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from avalanche.core import SupervisedPlugin
 
+from avalanche_sparcl.distributed import unwrap
 from avalanche_sparcl.plugins.probe import probe_forward
 from avalanche_sparcl.plugins.tdm import TDMPlugin
 from avalanche_sparcl.sparse.gradient_masks import GradientMasking
@@ -15,7 +16,7 @@ from avalanche_sparcl.sparse.step_hooks import OptimizerStepHooks
 from avalanche_sparcl.validation import check_fraction, check_positive_int, reject_unknown_options
 
 
-class DGMPlugin(SupervisedPlugin):
+class DGMPlugin(SupervisedPlugin, supports_distributed=True):
     """Applies only the largest gradients of the active weights of each masked layer.
 
     With a ``TDMPlugin`` listed before it (or inside ``SparCLPlugin``) it works on TDM's layers and
@@ -47,11 +48,13 @@ class DGMPlugin(SupervisedPlugin):
                 params = self.tdm.dynamic_sparsity.params
                 self.tdm.gradients_masked_by_dgm = True  # DGM's masks zero the pruned weights' gradients
             else:
-                names = default_sparse_weights(strategy.model, lambda: probe_forward(strategy))
-                params = parameters_named(strategy.model, names)
+                model = unwrap(strategy.model)
+                names = default_sparse_weights(model, lambda: probe_forward(strategy))
+                params = parameters_named(model, names)
             self.gradient_masking = GradientMasking(params, self.gradient_sparsity, self.refresh_every)
         elif self.tdm is None:
-            self.gradient_masking.params = parameters_named(strategy.model, self.gradient_masking.params)
+            names = self.gradient_masking.params
+            self.gradient_masking.params = parameters_named(unwrap(strategy.model), names)
         else:
             self.gradient_masking.params = dict(self.tdm.dynamic_sparsity.params)
         self.step_hooks.follow(strategy.optimizer)

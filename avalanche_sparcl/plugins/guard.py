@@ -23,6 +23,7 @@ import torch
 from avalanche.core import SupervisedPlugin
 from torch import Tensor
 
+from avalanche_sparcl.distributed import is_distributed, max_across_ranks, unwrap
 from avalanche_sparcl.validation import check_positive_int
 
 
@@ -42,7 +43,7 @@ class TrainingPosition:
         return f"experience {self.experience}, epoch {self.epoch}, iteration {self.iteration}"
 
 
-class NonFiniteGuardPlugin(SupervisedPlugin):
+class NonFiniteGuardPlugin(SupervisedPlugin, supports_distributed=True):
     """Raises :class:`NonFiniteTrainingError` when the training loss or a weight becomes non-finite.
 
     Positions are 0-based, as in Avalanche's clock: ``experience`` is the experience's index in its
@@ -90,17 +91,29 @@ class NonFiniteGuardPlugin(SupervisedPlugin):
         losses = torch.stack([loss.reshape(()) for _, loss in pending])
         largest = largest_magnitude(checked_tensors(strategy.model), losses.device)
         *loss_values, largest_weight = torch.cat([losses, largest.reshape(1)]).tolist()
-        for (position, _), loss in zip(pending, loss_values, strict=True):
-            if not math.isfinite(loss):
+        elsewhere = non_finite_on_any_rank([*loss_values, largest_weight])
+        for (position, _), loss, anywhere in zip(pending, loss_values, elsewhere, strict=False):
+            if not math.isfinite(loss) or anywhere:
+                value = loss if not math.isfinite(loss) else "on another rank"
                 raise NonFiniteTrainingError(
-                    f"non-finite training loss ({loss}) at {position}; training stopped"
+                    f"non-finite training loss ({value}) at {position}; training stopped"
                 )
         if not math.isfinite(largest_weight):
-            names = ", ".join(non_finite_tensor_names(strategy.model))
+            names = ", ".join(non_finite_tensor_names(unwrap(strategy.model)))
             raise NonFiniteTrainingError(
                 f"non-finite weights ({names}) found after the update at {pending[-1][0]}, "
                 f"checked every {self.check_every} iteration(s); training stopped"
             )
+
+
+def non_finite_on_any_rank(values: list[float]) -> list[bool]:
+    """For each value, whether it is non-finite on some rank (all False in one process, whose own
+    values are checked directly). A rank that stopped alone would leave the others waiting in their
+    next gradient reduction, so in data-parallel training all ranks stop together."""
+    if not is_distributed():
+        return [False] * len(values)
+    flags = torch.tensor([not math.isfinite(value) for value in values])
+    return max_across_ranks(flags).tolist()
 
 
 def checked_tensors(model: torch.nn.Module) -> list[Tensor]:

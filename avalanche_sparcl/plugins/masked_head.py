@@ -11,7 +11,7 @@ from avalanche.core import SupervisedPlugin
 from avalanche_sparcl.logits import mask_other_classes
 
 
-class MaskedHeadPlugin(SupervisedPlugin):
+class MaskedHeadPlugin(SupervisedPlugin, supports_distributed=True):
     """Sets the logits of classes outside the current experience to -inf for current samples.
 
     Current samples are the rows that came from the experience's data loader (buffer rows that DER,

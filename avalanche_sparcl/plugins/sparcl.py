@@ -20,7 +20,7 @@ DDR_OPTIONS = {"stages", "cutoff", "min_experience_steps"}
 DGM_OPTIONS = {"refresh_every"}
 
 
-class SparCLPlugin(SupervisedPlugin):
+class SparCLPlugin(SupervisedPlugin, supports_distributed=True):
     """SparCL on any Avalanche SGD strategy: sparse weights, less data, sparse gradient updates.
 
     ``sparsity`` drives TDM (0 = dense network, unless a ``profile`` is given), ``removal_ratio``

@@ -9,13 +9,14 @@ from typing import Any
 import torch
 from avalanche.core import SupervisedPlugin
 
+from avalanche_sparcl.distributed import unwrap
 from avalanche_sparcl.plugins.probe import probe_forward
 from avalanche_sparcl.sparse.dynamic import DynamicSparsity, TDMSettings
 from avalanche_sparcl.sparse.step_hooks import OptimizerStepHooks
 from avalanche_sparcl.validation import reject_unknown_options
 
 
-class TDMPlugin(SupervisedPlugin):
+class TDMPlugin(SupervisedPlugin, supports_distributed=True):
     """Keeps the model sparse from the first step on, with a mask that adapts to each experience.
 
     Options (defaults are the paper setting): ``sparsity`` of the masked layers; ``profile`` (mapping
@@ -26,6 +27,9 @@ class TDMPlugin(SupervisedPlugin):
     the random regrowth; ``min_update_steps``, the fewest optimizer steps between two mask updates
     less than an epoch apart (short experiences get fewer updates, or a fixed mask with one warning;
     0 keeps every update).
+
+    Under DistributedDataParallel every rank builds the same masks from the averaged gradients and an
+    identically seeded generator; the core checks that they agree after every change.
     """
 
     def __init__(self, sparsity: float = 0.75, **options: Any):
@@ -48,10 +52,10 @@ class TDMPlugin(SupervisedPlugin):
         experience; enforce the masks at every step of the strategy's optimizer."""
         if self.dynamic_sparsity is None:
             self.dynamic_sparsity = DynamicSparsity.for_model(
-                strategy.model, self.settings, lambda: probe_forward(strategy)
+                unwrap(strategy.model), self.settings, lambda: probe_forward(strategy)
             )
         else:
-            self.dynamic_sparsity.bind(strategy.model)
+            self.dynamic_sparsity.bind(unwrap(strategy.model))
         self.step_hooks.follow(strategy.optimizer)
         iterations = minibatches_per_epoch(strategy)
         dynamic = self.dynamic_sparsity.start_experience(

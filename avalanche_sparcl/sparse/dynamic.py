@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from avalanche_sparcl.distributed import check_agreement
 from avalanche_sparcl.sparse.importance import ContinualWeightImportance
 from avalanche_sparcl.sparse.layers import (
     ProfileLike,
@@ -177,6 +178,7 @@ class DynamicSparsity:
         self.experience = -1
         self.history: list[MaskUpdateRecord] = []
         self.masked_versions: list[int] = []
+        check_agreement("TDM's initial masks", self.masks)
         self.mask_weights()
 
     @classmethod
@@ -357,6 +359,7 @@ class DynamicSparsity:
             record.pruned[name] = int(pruned.sum())
             record.grown[name] = int(grown.sum())
             record.kept[name] = int(self.masks[name].sum())
+        check_agreement(f"TDM's masks after the {kind} of experience {self.experience}", self.masks)
         self.history.append(record)
 
     def _follow_parameter_devices(self) -> None:

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
+from avalanche_sparcl.distributed import check_agreement
 from avalanche_sparcl.sparse.masks import kept_count, top_k_mask
 
 
@@ -43,6 +44,7 @@ class GradientMasking:
             for name in names:
                 active = None if weight_masks is None else weight_masks.get(name)
                 self.masks[name] = self.select(self.params[name].grad, active)
+            check_agreement(f"DGM's gradient masks refreshed at iteration {self.iterations - 1}", self.masks)
         if names:  # one fused multi-tensor op on a GPU
             torch._foreach_mul_([self.params[n].grad for n in names], [self.masks[n] for n in names])
         return refresh

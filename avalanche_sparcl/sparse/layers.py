@@ -22,6 +22,7 @@ import torch
 import yaml
 from torch import nn
 
+from avalanche_sparcl.distributed import decided_on_rank0
 from avalanche_sparcl.validation import check_fraction, close_matches_hint, describe_yaml_error, load_yaml
 
 ProfileLike = Mapping[str, float] | str | os.PathLike
@@ -81,8 +82,14 @@ def default_sparse_weights(model: nn.Module, run_forward: Callable[[], Any]) -> 
     """Names of the weights TDM masks by default, in execution order (see the module docstring).
 
     Convolutions hold most of a CNN's compute and the reference keeps its Linear layers dense, so
-    hidden Linear layers are masked only when no convolution past the input layer exists.
+    hidden Linear layers are masked only when no convolution past the input layer exists. In
+    data-parallel training rank 0 alone runs the forward pass and tells the other ranks the names.
     """
+    return decided_on_rank0(lambda: sparse_weights_by_execution(model, run_forward))
+
+
+def sparse_weights_by_execution(model: nn.Module, run_forward: Callable[[], Any]) -> list[str]:
+    """``default_sparse_weights`` in one process."""
     order = execution_order(model, run_forward)
     chosen = [module for _, module in order[1:] if isinstance(module, CONVOLUTIONS)]
     if not chosen:
