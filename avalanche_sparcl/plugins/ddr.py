@@ -45,7 +45,7 @@ from avalanche_sparcl.data_removal import (
     ExperienceRemoval,
     too_few_steps,
 )
-from avalanche_sparcl.plugins.tdm import minibatches_per_epoch
+from avalanche_sparcl.plugins.tdm import counted, minibatches_per_epoch
 from avalanche_sparcl.validation import reject_unknown_options
 
 POSITION_ATTRIBUTE = "ddr_position"
@@ -148,7 +148,7 @@ class DDRPlugin(SupervisedPlugin, supports_distributed=True):
         elif too_few_steps(epochs, minibatches, self.settings):
             reason = (
                 f"an experience of {epochs * minibatches} optimizer steps ({epochs} epochs of "
-                f"{minibatches} minibatches) is shorter than min_experience_steps="
+                f"{counted(minibatches, 'minibatch', 'minibatches')}) is shorter than min_experience_steps="
                 f"{self.settings.min_experience_steps}: the network still needs every example, so "
                 "no data is removed from such experiences; min_experience_steps=0 forces removal"
             )

@@ -112,13 +112,19 @@ def minibatches_per_epoch(strategy: Any) -> int | None:
         return None
 
 
+def counted(count: int, singular: str, plural: str | None = None) -> str:
+    """``count`` with its noun in the right number: '1 epoch', '3 epochs'."""
+    return f"{count} {singular if count == 1 else plural or singular + 's'}"
+
+
 def fixed_mask_warning(epochs: int, iterations_per_epoch: int, settings: TDMSettings) -> str:
     """Why an experience keeps its mask fixed, and how to force the paper schedule."""
     steps = epochs * iterations_per_epoch
     return (
-        f"TDMPlugin: an experience of {steps} optimizer steps ({epochs} epoch{'' if epochs == 1 else 's'} "
-        f"of {iterations_per_epoch} minibatches) has no room for a mask update at least "
-        f"min_update_steps={settings.min_update_steps} steps or one epoch after its start and before "
+        f"TDMPlugin: an experience of {counted(steps, 'optimizer step')} ({counted(epochs, 'epoch')} "
+        f"of {counted(iterations_per_epoch, 'minibatch', 'minibatches')}) has no room for a mask "
+        f"update at least min_update_steps={settings.min_update_steps} steps or one epoch after its "
+        "start and before "
         f"the freeze (freeze_at={settings.freeze_at:g}), so the mask stays fixed in such "
         "experiences: sparse from the first step, no expansion, shrink or mutation. "
         "min_update_steps=0 forces the scheduled updates; this warning is given once"
