@@ -104,6 +104,13 @@ def main() -> None:
     parser.add_argument("--benchmark", default="split_digits", choices=("split_digits", "split_fmnist_quick"))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, nargs="+", default=list(EPOCHS), choices=EPOCHS)
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        default=list(METHODS.values()),
+        choices=list(METHODS.values()),
+        help="configs to run (default: all three); the table lists the others as far as they were run",
+    )
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument(
         "--lr", type=float, default=None, help="also run every schedule at this learning rate (second table)"
@@ -118,7 +125,7 @@ def main() -> None:
         (schedule_config(args.benchmark, config_name, epochs, config_folder, lr), seed)
         for lr in learning_rates
         for epochs in args.epochs
-        for config_name in METHODS.values()
+        for config_name in args.methods
         for seed in args.seeds
     ]
     with ThreadPoolExecutor(args.jobs) as pool:
