@@ -20,14 +20,12 @@ Checkpoints are taken between experiences (Avalanche cannot save inside its trai
 from __future__ import annotations
 
 import contextlib
-import glob
 import hashlib
 import io
 import os
 import pickle
 import re
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
@@ -36,12 +34,11 @@ from avalanche.checkpointing import maybe_load_checkpoint as avalanche_maybe_loa
 from avalanche.checkpointing import save_checkpoint as avalanche_save_checkpoint
 from avalanche.distributed import DistributedHelper
 
+from avalanche_sparcl.atomic_files import atomic_file
 from avalanche_sparcl.distributed import decided_on_rank0, unwrap
 
 Strategy = TypeVar("Strategy")
 
-PARTIAL_SUFFIX = ".partial"
-"""Suffix of the temporary file a checkpoint is written to before it replaces the old one."""
 HEADER_MAGIC = b"avalanche-sparcl checkpoint v1"
 HEADER_FORMAT = HEADER_MAGIC + b" sha256=%s bytes=%020d\n"
 HEADER_PATTERN = re.compile(re.escape(HEADER_MAGIC) + rb" sha256=([0-9a-f]{64}) bytes=([0-9]{20})\n")
@@ -69,59 +66,6 @@ def make_torch_optimizers_picklable() -> None:
         parent = sys.modules.get(parent_name)
         if parent is not None and not hasattr(parent, child_name):
             setattr(parent, child_name, module)
-
-
-def partial_path(path: str | os.PathLike, pid: int | None = None) -> Path:
-    """Where process ``pid`` (default: this one) writes ``path`` before renaming: next to it, on the
-    same disk, under a name no other process writes to."""
-    path = Path(path)
-    return path.with_name(f"{path.name}.{os.getpid() if pid is None else pid}{PARTIAL_SUFFIX}")
-
-
-@contextlib.contextmanager
-def atomic_file(path: str | os.PathLike) -> Iterator[BinaryIO]:
-    """A binary stream whose content replaces ``path`` only once it is completely on disk.
-
-    If anything fails, ``path`` is untouched and the partial file is removed; an OSError that names no
-    file (a full disk) is raised again naming ``path``.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = partial_path(path)
-    try:
-        with open(temporary, "wb") as stream:
-            yield stream
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException as error:
-        with contextlib.suppress(OSError):
-            temporary.unlink(missing_ok=True)
-        if isinstance(error, OSError) and error.filename is None and error.errno is not None:
-            raise OSError(error.errno, error.strerror, str(path)) from error
-        raise
-    sync_folder(path.parent)
-    remove_partial_files_of_dead_processes(path)
-
-
-def remove_partial_files_of_dead_processes(path: Path) -> None:
-    """Delete what processes killed while writing ``path`` left behind (they can never finish)."""
-    prefix = path.name + "."
-    for leftover in path.parent.glob(glob.escape(prefix) + "*" + PARTIAL_SUFFIX):
-        pid = leftover.name[len(prefix) : -len(PARTIAL_SUFFIX)]
-        if pid.isdigit() and not process_is_alive(int(pid)):
-            with contextlib.suppress(OSError):
-                leftover.unlink()
-
-
-def process_is_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, another user's
-        return True
-    return True
 
 
 def write_text_atomically(path: str | os.PathLike, text: str) -> None:
@@ -227,20 +171,6 @@ def read_checkpoint(path: str | os.PathLike) -> bytes:
             f"{path}: corrupted checkpoint: its SHA-256 differs from the one written with it"
         )
     return payload
-
-
-def sync_folder(folder: Path) -> None:
-    """Flush the folder entry of a rename to disk (POSIX; a no-op where folders cannot be opened)."""
-    try:
-        descriptor = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(descriptor)
-    except OSError:
-        pass
-    finally:
-        os.close(descriptor)
 
 
 def maybe_resume(

@@ -26,14 +26,14 @@ from checkpoint_driver import (
     sparcl_plugin,
 )
 
-from avalanche_sparcl import checkpointing
+from avalanche_sparcl import atomic_files
+from avalanche_sparcl.atomic_files import partial_path
 from avalanche_sparcl.checkpointing import (
     HEADER_LENGTH,
     CheckpointError,
     load_checkpoint,
     make_torch_optimizers_picklable,
     maybe_resume,
-    partial_path,
     save_checkpoint,
 )
 from avalanche_sparcl.plugins.ddr import KeptExamplesUpdate
@@ -171,7 +171,7 @@ def test_a_full_disk_inside_torch_save_raises_the_os_error_naming_the_checkpoint
     """torch's zip writer turns a failing write into 'RuntimeError: unexpected pos'; the OSError is what
     the caller sees, naming the checkpoint, and no partial file is left."""
     checkpoint = tmp_path / "checkpoint.pkl"
-    monkeypatch.setattr(checkpointing, "open", lambda *args: FillsUp(open(*args), room=300), raising=False)
+    monkeypatch.setattr(atomic_files, "open", lambda *args: FillsUp(open(*args), room=300), raising=False)
     with pytest.raises(OSError) as raised:
         save_checkpoint(tiny_strategy(), checkpoint)
     assert (raised.value.errno, raised.value.filename) == (errno.ENOSPC, str(checkpoint))

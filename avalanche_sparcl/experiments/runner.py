@@ -46,8 +46,8 @@ from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.writer import FileWriter
 
 from avalanche_sparcl import benchmarks
+from avalanche_sparcl.atomic_files import PARTIAL_SUFFIX
 from avalanche_sparcl.checkpointing import (
-    PARTIAL_SUFFIX,
     maybe_resume,
     save_checkpoint,
     write_text_atomically,

@@ -24,12 +24,12 @@ stores ``None`` there and costs nothing more. So the round trip is bit-identical
 is restored exactly.
 
 This module imports nothing but torch and the standard library, so it can be copied next to a model
-on a device that has no Avalanche.
+on a device that has no Avalanche (writing, done on the training machine, also uses the package's
+``atomic_files``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import importlib.metadata
 import io
@@ -291,22 +291,11 @@ def write_container(path: str | os.PathLike, contents: Mapping[str, Any]) -> int
     torch.save(dict(contents), buffer)
     payload = buffer.getvalue()
     header = HEADER_FORMAT % (VERSION, hashlib.sha256(payload).hexdigest().encode(), len(payload))
-    path = Path(path)
-    temporary = path.with_name(f"{path.name}.{os.getpid()}.partial")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(temporary, "wb") as stream:
-            stream.write(header)
-            stream.write(payload)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException as error:
-        with contextlib.suppress(OSError):
-            temporary.unlink(missing_ok=True)
-        if isinstance(error, OSError) and error.filename == str(temporary) and error.errno is not None:
-            raise OSError(error.errno, error.strerror, str(path)) from error  # name the file asked for
-        raise
+    from avalanche_sparcl.atomic_files import atomic_file  # here: reading needs torch alone
+
+    with atomic_file(path) as stream:
+        stream.write(header)
+        stream.write(payload)
     return len(header) + len(payload)
 
 
