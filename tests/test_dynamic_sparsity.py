@@ -138,3 +138,57 @@ def test_gradient_regrowth_picks_the_pruned_weights_with_the_largest_mean_gradie
     engine.observe_gradients()
     assert engine.step(epoch=2, iteration=0, iterations_per_epoch=1).value == "mutate"
     assert engine.masks["w"].nonzero().squeeze(1).tolist() == [1, 4, 7, 8, 9]
+
+
+def observed_iterations(engine, n_iterations):
+    """Iterations of one epoch whose gradients feed CWI, driving the engine as TDMPlugin does."""
+    param = engine.params["w0"]
+    observed = []
+    for iteration in range(n_iterations):
+        engine.step(epoch=0, iteration=iteration, iterations_per_epoch=n_iterations)
+        before = engine.importance.window_iterations
+        param.grad = torch.ones_like(param)
+        engine.observe_gradients()
+        if engine.importance.window_iterations > before:
+            observed.append(iteration)
+    return observed
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        ({"importance_window": 4}, [5, 6, 7, 8, 14, 15, 16, 17]),  # the 4 steps before steps 9 and 18
+        ({"importance_window": 0}, list(range(18))),  # every step until the last update
+        ({"importance_window": 4, "importance_lambda": 0}, []),  # magnitude prune, random regrow
+        (
+            {"importance_window": 4, "importance_lambda": 0, "regrow": "gradient"},
+            [5, 6, 7, 8, 14, 15, 16, 17],
+        ),
+    ],
+)
+def test_cwi_accumulates_only_in_the_window_before_each_mask_update(options, expected):
+    # 20 iterations per epoch: updates before step 9 (0.45 epochs, the shrink) and step 18 (0.9)
+    engine = make_engine([(10, 10)], update_every=0.45, freeze_at=0.95, min_update_steps=0, **options)
+    engine.start_experience(n_epochs=1, iterations_per_epoch=20)
+    assert [round(u.position, 2) for u in engine.schedule.updates] == [0.45, 0.9]
+    assert observed_iterations(engine, 20) == expected
+
+
+def test_an_update_reads_the_mean_gradient_of_its_window_only():
+    engine = make_engine(
+        [(4,)], 0.5, expand_ratio=0.5, update_every=0.5, importance_window=2, min_update_steps=0
+    )
+    engine.start_experience(n_epochs=1, iterations_per_epoch=8)  # shrink before step 4
+    param = engine.params["w0"]
+    with torch.no_grad():
+        param.copy_(torch.tensor([1.0, 1.0, 1.0, 1.0]))
+    seen = []
+    for iteration, gradient in enumerate([[50.0, 0, 0, 0]] * 2 + [[0, 0, 4.0, 8.0], [0, 0, 8.0, 4.0]]):
+        engine.step(epoch=0, iteration=iteration, iterations_per_epoch=8)
+        param.grad = torch.tensor(gradient)
+        engine.observe_gradients()
+        seen.append(engine.importance.window_iterations)
+    assert seen == [0, 0, 1, 2]  # steps 0 and 1 lie outside the 2-step window
+    # CWI over the window: |w| + 0.5 * mean |g| = [1, 1, 4, 4]; steps 0-1's gradient of 50 is unread
+    assert engine.step(epoch=0, iteration=4, iterations_per_epoch=8).value == "shrink"
+    assert engine.masks["w0"].tolist() == [False, False, True, True]

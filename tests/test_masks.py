@@ -11,6 +11,7 @@ from avalanche_sparcl.sparse.masks import (
     grow_random,
     kept_count,
     prune_lowest,
+    random_grow_positions,
     top_k_mask,
 )
 
@@ -116,3 +117,31 @@ def test_grow_highest_takes_the_best_scored_pruned_positions_outside_avoid_first
     assert grow_highest(mask, scores, 2, avoid=avoid).tolist() == [False, False, True, True, False, False]
     grown_all = grow_highest(mask, scores, 5, avoid=avoid)
     assert grown_all.tolist() == [False, True, True, True, True, True]
+
+
+@pytest.mark.parametrize(("n_kept", "n_grow"), [(10, 3), (10, 25)])  # rejection sampling; rank all free
+def test_random_regrowth_picks_every_pruned_position_equally_often(n_kept, n_grow):
+    mask = torch.zeros(40, dtype=torch.bool)
+    mask[torch.randperm(40, generator=torch.Generator().manual_seed(0))[:n_kept]] = True
+    generator = torch.Generator().manual_seed(1)
+    counts = torch.zeros(40)
+    rounds = 3000
+    for _ in range(rounds):
+        grown = random_grow_positions(mask, n_grow, generator)
+        assert grown.numel() == n_grow and grown.unique().numel() == n_grow
+        counts[grown] += 1
+    assert counts[mask].sum() == 0
+    expected = rounds * n_grow / (40 - n_kept)  # 300 and 2500
+    assert ((counts[~mask] - expected).abs() < 0.15 * expected).all(), counts[~mask].tolist()
+
+
+def test_random_regrowth_takes_avoided_positions_only_after_all_others():
+    mask = torch.zeros(100, dtype=torch.bool)
+    mask[:50] = True
+    avoid = torch.arange(50, 90)  # 10 pruned positions are not avoided
+    grown = random_grow_positions(mask, 4, torch.Generator().manual_seed(0), avoid=avoid)
+    assert sorted(grown.tolist())[0] >= 90 and grown.numel() == 4
+    grown = random_grow_positions(mask, 15, torch.Generator().manual_seed(0), avoid=avoid)
+    assert grown.numel() == 15 and grown.unique().numel() == 15
+    assert set(range(90, 100)) <= set(grown.tolist())  # all 10 free ones, then 5 of the avoided
+    assert all(50 <= position < 90 for position in set(grown.tolist()) - set(range(90, 100)))

@@ -192,6 +192,7 @@ SPARCL_KEYS = {
     "cutoff": Key("a number in (0, 1] (fraction of the epochs)", open_fraction, None),
     "refresh_every": Key("an integer >= 1 (iterations)", positive_int, None),
     "min_update_steps": Key("an integer >= 0 (optimizer steps)", non_negative_int, None),
+    "importance_window": Key("an integer >= 0 (optimizer steps)", non_negative_int, None),
     "min_experience_steps": Key("an integer >= 0 (optimizer steps)", non_negative_int, None),
 }
 BASELINE_KEYS = {

@@ -28,11 +28,13 @@ from avalanche_sparcl.sparse.layers import (
 )
 from avalanche_sparcl.sparse.masks import (
     clear_optimizer_state,
-    grow_highest,
-    grow_random,
+    grow_positions,
     kept_count,
-    prune_lowest,
+    lowest_positions,
+    positions_of,
+    random_grow_positions,
     top_k_mask,
+    zero_at,
 )
 from avalanche_sparcl.sparse.schedule import (
     MIN_UPDATE_EVERY,
@@ -40,6 +42,7 @@ from avalanche_sparcl.sparse.schedule import (
     MaskUpdateKind,
     mask_updates,
     space_updates,
+    update_step,
 )
 from avalanche_sparcl.validation import (
     check_choice,
@@ -80,6 +83,11 @@ class TDMSettings:
     updates at least that many optimizer steps, or one epoch, apart (``schedule.space_updates``); an
     experience too short for even the shrink keeps its mask unchanged. Schedules whose updates are
     whole epochs apart (the paper's 50 epochs) are unchanged; 0 turns the rule off.
+
+    ``importance_window`` is how many optimizer steps before each mask update feed CWI's gradient
+    term (0: every step since the previous update). A mean over 32 minibatches ranks weights as
+    well as one over hundreds, and the other steps skip the accumulation: most of a long
+    schedule's steps then cost nothing extra.
     """
 
     sparsity: float = 0.75
@@ -92,6 +100,7 @@ class TDMSettings:
     regrow: str = "random"
     seed: int = 0
     min_update_steps: int = 16
+    importance_window: int = 32
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sparsity", check_fraction("sparsity", self.sparsity))
@@ -122,6 +131,7 @@ TDM_OPTION_CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "regrow": lambda name, value: check_choice(name, value, REGROW_CRITERIA),
     "seed": check_seed,
     "min_update_steps": check_non_negative_int,
+    "importance_window": check_non_negative_int,
 }
 """Each TDM option (but the sparsity and the profile) and the check of its own range."""
 
@@ -155,6 +165,8 @@ class MaskUpdateRecord:
 
 class DynamicSparsity:
     """Masks, CWI and schedule of one model; the weights are sparse from construction on."""
+
+    observing = True  # whether this iteration's gradients feed CWI (see ``step``)
 
     def __init__(
         self,
@@ -236,6 +248,7 @@ class DynamicSparsity:
         else:
             fixed = False
         self.schedule = ExperienceSchedule(updates)
+        self.observing = self.reads_gradients() and self.schedule.updates_left
         if fixed:
             self.fixed_mask_experiences.append(self.experience)
         else:
@@ -261,23 +274,42 @@ class DynamicSparsity:
     ) -> MaskUpdateKind | None:
         """Run the mask update due before this iteration, if any, and return its kind."""
         kind = self.schedule.due(epoch, iteration, iterations_per_epoch)
-        if kind is None:
-            return None
-        position = epoch + iteration / max(iterations_per_epoch, 1)
-        if kind is MaskUpdateKind.SHRINK:
-            prune = {name: kept - self.targets[name] for name, kept in self.kept().items()}
-            grow = dict.fromkeys(self.params, 0)
-        else:
-            swap = {n: self._swap_count(n) for n in self.params}
-            prune, grow = swap, swap
-        self._change(kind.value, position, prune, grow, optimizer)
-        self.importance.reset()
+        if kind is not None:
+            position = epoch + iteration / max(iterations_per_epoch, 1)
+            if kind is MaskUpdateKind.SHRINK:
+                prune = {name: kept - self.targets[name] for name, kept in self.kept().items()}
+                grow = dict.fromkeys(self.params, 0)
+            else:
+                swap = {n: self._swap_count(n) for n in self.params}
+                prune, grow = swap, swap
+            self._change(kind.value, position, prune, grow, optimizer)
+            self.importance.reset()
+        self.observing = self.in_importance_window(epoch, iteration, iterations_per_epoch)
         return kind
 
+    def reads_gradients(self) -> bool:
+        """Whether mask updates read gradients at all (not for magnitude pruning with random regrowth)."""
+        return self.settings.importance_lambda != 0 or self.settings.regrow == "gradient"
+
+    def in_importance_window(self, epoch: int, iteration: int, iterations_per_epoch: int) -> bool:
+        """Whether this iteration is one of the ``importance_window`` steps before the next update.
+
+        Steps are counted in this epoch's length (DDR may shorten later epochs, which only starts a
+        window a little early).
+        """
+        upcoming = self.schedule.upcoming
+        if upcoming is None or not self.reads_gradients():
+            return False
+        window = self.settings.importance_window
+        if window == 0:
+            return True
+        steps_left = update_step(upcoming, iterations_per_epoch) - (epoch * iterations_per_epoch + iteration)
+        return steps_left <= window
+
     def observe_gradients(self) -> None:
-        """Add this iteration's gradients to CWI (before any gradient is masked), while a mask update
-        is still to come: once the mask is frozen no update reads the window."""
-        if self.schedule.updates_left:
+        """Add this iteration's gradients to CWI (before any gradient is masked) inside the window
+        the next mask update reads; no other step pays for it (none at all once the mask is frozen)."""
+        if self.observing:
             self.importance.accumulate()
 
     def mask_gradients(self) -> None:
@@ -340,25 +372,36 @@ class DynamicSparsity:
         grow: Mapping[str, int],
         optimizer: torch.optim.Optimizer | None,
     ) -> None:
-        """Prune by CWI, regrow at random (at zero), clear the optimizer state of both."""
+        """Prune by CWI, regrow at random (at zero), clear the optimizer state of both.
+
+        Works on flat indices: the kept entries are ranked alone, and the changed weights and their
+        optimizer state are zeroed by index, without a pass over every entry of the layer for each.
+        """
         record = MaskUpdateRecord(self.experience, position, kind)
+        kept_before = self.kept()
         for name, param in self.params.items():
             mask = self.masks[name]
-            pruned = prune_lowest(mask, self.importance.scores(name), prune[name])
-            mask = mask & ~pruned
+            kept = positions_of(mask)
+            scores = self.importance.scores_at(name, kept)
+            pruned = lowest_positions(kept, scores, prune[name])
+            new_mask = mask.clone(memory_format=torch.contiguous_format)
+            new_mask.view(-1)[pruned] = False
             if self.settings.regrow == "gradient":
-                grown = grow_highest(mask, self.importance.mean_gradient(name), grow[name], avoid=pruned)
+                grown = grow_positions(
+                    new_mask, self.importance.mean_gradient(name), grow[name], avoid=pruned
+                )
             else:
-                grown = grow_random(mask, grow[name], self.generator, avoid=pruned)
-            self.masks[name] = mask | grown
-            changed = pruned | grown
+                grown = random_grow_positions(new_mask, grow[name], self.generator, avoid=pruned)
+            new_mask.view(-1)[grown] = True
+            self.masks[name] = new_mask
+            changed = torch.cat([pruned, grown])
             with torch.no_grad():
-                param[changed] = 0
+                zero_at(param.data, changed)
             if optimizer is not None:
                 clear_optimizer_state(optimizer, param, changed)
-            record.pruned[name] = int(pruned.sum())
-            record.grown[name] = int(grown.sum())
-            record.kept[name] = int(self.masks[name].sum())
+            record.pruned[name] = pruned.numel()
+            record.grown[name] = grown.numel()
+            record.kept[name] = kept_before[name] - pruned.numel() + grown.numel()
         check_agreement(f"TDM's masks after the {kind} of experience {self.experience}", self.masks)
         self.history.append(record)
 

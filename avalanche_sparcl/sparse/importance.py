@@ -1,10 +1,11 @@
 """Continual weight importance (CWI), SparCL Sec. 4.1.
 
 CWI of a weight is ``|w| + lambda * g`` where ``g`` is the mean absolute gradient of the training
-loss over the iterations since the last mask update. The paper writes separate terms for current and
-buffer data; with rehearsal strategies the training loss already holds both (the merged form the
-reference code ships), so one accumulator serves ER, DER++ and ER-ACE alike. Without a replay buffer
-``g`` only reflects the current experience.
+loss over a window of iterations before the mask update that reads it (TDM's ``importance_window``:
+the last 32 optimizer steps by default, or all since the previous update). The paper writes separate
+terms for current and buffer data; with rehearsal strategies the training loss already holds both
+(the merged form the reference code ships), so one accumulator serves ER, DER++ and ER-ACE alike.
+Without a replay buffer ``g`` only reflects the current experience.
 
 Unlike the reference code, ``g`` is averaged over a window (not one minibatch), is read before any
 gradient masking, and restarts with every experience, so pruned or never-updated weights are not
@@ -27,17 +28,20 @@ class ContinualWeightImportance:
         self.window_iterations = 0
 
     def accumulate(self) -> None:
-        """Add the current ``|grad|`` of every parameter to the window (call after backward)."""
-        names = [name for name, param in self.params.items() if param.grad is not None]
-        for name in names:
+        """Add the current ``|grad|`` of every parameter to the window (call after backward).
+
+        One layer at a time, so the temporary ``|grad|`` is one layer's size, not the whole model's
+        (peak memory stays within the state budget).
+        """
+        for name, param in self.params.items():
+            if param.grad is None:
+                continue
             total = self.gradient_sums.get(name)
-            if total is None or total.device != self.params[name].device:
-                self.gradient_sums[name] = torch.zeros_like(
-                    self.params[name], memory_format=torch.preserve_format
+            if total is None or total.device != param.device:
+                total = self.gradient_sums[name] = torch.zeros_like(
+                    param, memory_format=torch.preserve_format
                 )
-        if names:  # fused multi-tensor ops: two kernel launches for all layers on a GPU
-            gradients = [self.params[name].grad.detach() for name in names]
-            torch._foreach_add_([self.gradient_sums[name] for name in names], torch._foreach_abs(gradients))
+            total.add_(param.grad.detach().abs())
         self.window_iterations += 1
 
     def scores(self, name: str) -> Tensor:
@@ -47,12 +51,27 @@ class ContinualWeightImportance:
             return weight_term
         return weight_term + self.gradient_weight * self.mean_gradient(name)
 
+    def scores_at(self, name: str, positions: Tensor) -> Tensor:
+        """CWI of the entries at flat ``positions`` of parameter ``name`` (a mask update ranks the
+        kept entries only)."""
+        weight_term = self.params[name].detach().flatten()[positions].abs()
+        if self.gradient_weight == 0:
+            return weight_term
+        return weight_term + self.gradient_weight * self.mean_gradient_at(name, positions)
+
     def mean_gradient(self, name: str) -> Tensor:
         """Mean ``|grad|`` of parameter ``name`` over the window (zeros before any gradient)."""
         total = self.gradient_sums.get(name)
         if total is None or self.window_iterations == 0:
             return torch.zeros_like(self.params[name], memory_format=torch.preserve_format).detach()
         return total / self.window_iterations
+
+    def mean_gradient_at(self, name: str, positions: Tensor) -> Tensor:
+        """Mean ``|grad|`` at flat ``positions`` of parameter ``name`` (zeros before any gradient)."""
+        total = self.gradient_sums.get(name)
+        if total is None or self.window_iterations == 0:
+            return torch.zeros(positions.numel(), dtype=self.params[name].dtype, device=positions.device)
+        return total.flatten()[positions] / self.window_iterations
 
     def reset(self) -> None:
         """Start a new window (after a mask update, or at a new experience)."""

@@ -74,6 +74,11 @@ class ExperienceSchedule:
         """Whether a mask update is still to come in this experience (else the mask is frozen)."""
         return self.next_index < len(self.updates)
 
+    @property
+    def upcoming(self) -> MaskUpdate | None:
+        """The next update of this experience (None once the mask is frozen)."""
+        return self.updates[self.next_index] if self.updates_left else None
+
     def due(self, epoch: int, iteration: int, iterations_per_epoch: int) -> MaskUpdateKind | None:
         """The update to run before this iteration, if any.
 
