@@ -182,7 +182,7 @@ class ForgettingStatistics:
         """Record one forward pass: rows of ``logits`` belong to the examples at ``positions``."""
         if logits.device != self.device:
             self._move_to(logits.device)
-        positions = positions.to(self.device, torch.long)
+        positions = positions.to(self.device, torch.long, non_blocking=True)  # no host wait
         positions = torch.where(positions >= 0, positions, self.n_examples)
         logits, labels = logits.detach(), labels.to(self.device)
         correct = logits.argmax(dim=1) == labels
@@ -214,7 +214,7 @@ class ForgettingStatistics:
 
     def difficulty_keys(self, positions: Tensor) -> tuple[Tensor, Tensor]:
         """(forgetting score, mean loss) of each position; never correct in the window scores +inf."""
-        positions = positions.to(self.device, torch.long)
+        positions = positions.to(self.device, torch.long, non_blocking=True)  # no host wait
         never_correct = self.correct_count[positions] == 0
         score = self.forgetting_events[positions].to(torch.float64).masked_fill(never_correct, math.inf)
         observations = self.observations[positions]

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterable
 from typing import Any
 
 import torch
 from avalanche.core import SupervisedPlugin
+from torch import Tensor
 
-from avalanche_sparcl.logits import mask_other_classes
+from avalanche_sparcl.logits import kept_columns
 
 
 class MaskedHeadPlugin(SupervisedPlugin, supports_distributed=True):
@@ -24,6 +26,8 @@ class MaskedHeadPlugin(SupervisedPlugin, supports_distributed=True):
     def __init__(self) -> None:
         super().__init__()
         self.loader_rows = 0
+        self.columns_key: tuple | None = None
+        self.columns: tuple[Tensor, Tensor] | None = None
 
     def before_training(self, strategy: Any, **kwargs: Any) -> None:
         """Warn when no buffer replays current examples: the newest classes would never compete."""
@@ -44,9 +48,23 @@ class MaskedHeadPlugin(SupervisedPlugin, supports_distributed=True):
 
     def after_forward(self, strategy: Any, **kwargs: Any) -> None:
         """Mask the logits of the current samples (after anything that reads raw logits)."""
-        classes = list(strategy.experience.classes_in_this_experience)
         outputs = strategy.mb_output
-        is_current_sample = torch.isin(strategy.mb_y, torch.as_tensor(classes, device=outputs.device))
+        classes, kept = self.experience_columns(strategy.experience.classes_in_this_experience, outputs)
+        is_current_sample = torch.isin(strategy.mb_y, classes)
         from_loader = torch.arange(len(outputs), device=outputs.device) >= len(outputs) - self.loader_rows
-        masked = mask_other_classes(outputs, classes)
+        masked = outputs.masked_fill(~kept, float("-inf"))
         strategy.mb_output = torch.where((is_current_sample & from_loader).unsqueeze(1), masked, outputs)
+
+    def experience_columns(self, classes: Iterable[int], outputs: Tensor) -> tuple[Tensor, Tensor]:
+        """The experience's classes and its kept logit columns on the outputs' device.
+
+        Built once per experience: moving them to a GPU waits for it, which no ordinary step should.
+        """
+        key = (tuple(classes), outputs.device, outputs.shape[-1])
+        if self.columns_key != key:
+            self.columns = (
+                torch.as_tensor(key[0], dtype=torch.long, device=outputs.device),
+                kept_columns(outputs.shape[-1], key[0], outputs.device),
+            )
+            self.columns_key = key
+        return self.columns
