@@ -1,9 +1,11 @@
 """`make bench`: SparCL's efficiency against the dense baselines, and the plugins' own overhead.
 
-Runs in one process, so ratios compare like with like on a noisy machine, and writes
-docs/benchmarks.md and docs/benchmarks.json (figures, machine description and date):
+Runs in one process (the whole-run part starts one process per run, to read each run's peak memory),
+so ratios compare like with like on a noisy machine, and writes docs/benchmarks.md and
+docs/benchmarks.json (figures, machine description and date):
 
-1. plugin overhead per training step and plugin state, ResNet-18 (paper variant, nf 16) on the CPU;
+1. plugin overhead per training step and plugin state on the CPU, ResNet-18 (paper variant, nf 16)
+   and a CNN with a wide Linear layer (``benchmarks/overhead.py``), against the speed targets;
 2. whole runs on Split Digits, several seeds: dense DER++ and ER against SparCL-DER++ and SparCL-ER at
    weight sparsity 0.75 / 0.90 / 0.95 (accuracy, training FLOPs ratio, wall-clock ratio);
 3. the time SparCL spends in each of its hooks per step (``benchmarks/plugin_profile.py``);
@@ -11,7 +13,9 @@ docs/benchmarks.md and docs/benchmarks.json (figures, machine description and da
    Runtime latency against PyTorch eager (also written alone by ``benchmarks/export_report.py``);
 5. the same overhead measurement on a CUDA GPU (ResNet-18 at full width), measured here when this
    machine has one, else read from docs/benchmarks_gpu.json if a GPU machine wrote it with
-   ``python benchmarks/overhead.py --device cuda --nf 64 --json docs/benchmarks_gpu.json``.
+   ``python benchmarks/overhead.py --device cuda --nf 64 --json docs/benchmarks_gpu.json``;
+6. whole runs on Split Fashion-MNIST (quick protocol), SparCL-DER++ 0.75 against dense DER++: wall
+   clock, and peak memory of ResNet-18 DER runs (``benchmarks/whole_run.py``).
 """
 
 from __future__ import annotations
@@ -35,6 +39,8 @@ from export_report import EXPORT_SECTION, export_section  # noqa: E402
 from overhead import measure as measure_overhead  # noqa: E402
 from overhead import parse_args as overhead_args  # noqa: E402
 from plugin_profile import PROFILE_SECTION, profile_section  # noqa: E402
+from whole_run import WHOLE_RUN_SECTION, section_markdown  # noqa: E402
+from whole_run import measure as measure_whole_run  # noqa: E402
 
 from avalanche_sparcl.console import hide_avalanche_deprecation_notices  # noqa: E402
 from avalanche_sparcl.experiments.config import load_config  # noqa: E402
@@ -46,7 +52,10 @@ DIGITS = ROOT / "experiments" / "configs" / "split_digits"
 DOCS = ROOT / "docs"
 SPARSITIES = (0.75, 0.90, 0.95)
 FLOPS_TARGETS = {0.75: 5, 0.90: 10, 0.95: 20}  # times fewer training FLOPs than dense DER++
-STEP_OVERHEAD_TARGET = 0.05
+STEP_OVERHEAD_TARGET = 0.03  # ordinary step, CPU and GPU
+REFRESH_TARGET = 0.20  # step with a DGM gradient-mask refresh
+UPDATE_TARGETS = {"cpu": 1.3, "gpu": 2.0}  # step with a TDM mask update, times a dense step
+OVERHEAD_MODELS = {"resnet18": "ResNet-18 (nf 16), 3x32x32", "wide": "CNN + 6272x256 Linear, 1x28x28"}
 STATE_TARGET = 1.5
 WALL_CLOCK_TARGET = 0.8
 ACCURACY_GAP_TARGET = 1.0  # Class-IL points below dense DER++ at 0.75
@@ -140,28 +149,39 @@ def verdict(met: bool, detail: str) -> str:
 
 
 def overhead_rows(result: dict[str, Any]) -> list[str]:
+    """Step times by kind against a dense step; on the CPU also the plugin's own time in each kind."""
     dense_ms = 1000 * result["dense_step_s"]
+    timed = "plugin_share_ordinary" in result
     lines = [
-        "| step | median time (ms) | vs dense |",
-        "|---|---|---|",
-        f"| dense step (no plugin) | {dense_ms:.1f} | - |",
+        "| step | median time (ms) | vs dense | plugin's own time (ms) | share of a dense step |"
+        if timed
+        else "| step | median time (ms) | vs dense |",
+        "|---|---|---|---|---|" if timed else "|---|---|---|",
+        f"| dense step (no plugin) | {dense_ms:.1f} | - |" + (" - | - |" if timed else ""),
     ]
-    for kind, label in (
-        ("ordinary", "SparCL ordinary step"),
-        ("gradient_mask_refresh", "SparCL step with a gradient-mask refresh"),
-        ("mask_update", "SparCL step with a TDM mask update"),
-    ):
-        seconds = result[f"sparcl_{kind}_step_s"]
+    for kind, label in STEP_LABELS.items():
+        seconds = result.get(f"sparcl_{kind}_step_s")
         if seconds is None:
-            lines.append(f"| {label} | not seen | - |")
-        else:
-            lines.append(f"| {label} | {1000 * seconds:.1f} | {100 * result[f'{kind}_overhead']:+.1f}% |")
+            seen = "not seen" if f"sparcl_{kind}_step_s" in result else "not measured"
+            lines.append(f"| {label} | {seen} | - |" + (" - | - |" if timed else ""))
+            continue
+        row = f"| {label} | {1000 * seconds:.1f} | {100 * result[f'{kind}_overhead']:+.1f}% |"
+        if timed:
+            own = result[f"plugin_time_{kind}_s"]
+            row += f" {1000 * own:.2f} | {100 * result[f'plugin_share_{kind}']:.1f}% |"
+        lines.append(row)
     lines.append("")
     if "ordinary_overhead_per_round" in result:
         rounds = ", ".join(f"{100 * ratio:+.1f}%" for ratio in result["ordinary_overhead_per_round"])
         lines.append(
             f"Ordinary-step overhead is the median over the alternating run pairs ({rounds}); their "
             "spread is the measurement noise of this machine."
+            + (
+                " The plugin's own time is timed inside each of its calls in the same runs, free of "
+                "that noise; it is what the ordinary-step target is judged on here."
+                if timed
+                else ""
+            )
         )
     lines.append(
         f"Plugin state: {result['plugin_state_bytes'] / 2**20:.2f} MiB for "
@@ -177,9 +197,52 @@ def overhead_rows(result: dict[str, Any]) -> list[str]:
     return lines
 
 
+STEP_LABELS = {
+    "ordinary": "SparCL ordinary step",
+    "cwi_window": "SparCL ordinary step in a CWI window",
+    "gradient_mask_refresh": "SparCL step with a gradient-mask refresh",
+    "mask_update": "SparCL step with a TDM mask update",
+}
+
+
+def step_target_rows(result: dict[str, Any], where: str, device: str) -> list[str]:
+    """Target rows of the per-step costs: ordinary (and CWI-window) steps, refreshes, mask updates."""
+    timed = "plugin_share_ordinary" in result
+    rows = []
+    for kind, what in (("ordinary", "ordinary step"), ("cwi_window", "ordinary step in a CWI window")):
+        if timed:
+            share = result[f"plugin_share_{kind}"]
+            step = result[f"{kind}_overhead"]
+            detail = f"plugin's own time {100 * share:.1f}% of a dense step; step times {100 * step:+.1f}%"
+            met = share <= STEP_OVERHEAD_TARGET
+        elif result.get(f"{kind}_overhead") is not None:
+            share = result[f"{kind}_overhead"]
+            detail, met = f"{100 * share:+.1f}%", share <= STEP_OVERHEAD_TARGET
+        else:
+            continue
+        rows.append(f"| {where}: {what} <= +3% | " + verdict(met, detail) + " |")
+    refresh = result.get("gradient_mask_refresh_overhead")
+    if refresh is not None:
+        rows.append(
+            f"| {where}: step with a gradient-mask refresh <= +20% | "
+            + verdict(refresh <= REFRESH_TARGET, f"{100 * refresh:+.1f}%")
+            + " |"
+        )
+    update = result.get("mask_update_overhead")
+    if update is not None:
+        limit = UPDATE_TARGETS[device]
+        rows.append(
+            f"| {where}: step with a TDM mask update <= {limit:g}x a dense step | "
+            + verdict(1 + update <= limit, f"{1 + update:.2f}x")
+            + " |"
+        )
+    return rows
+
+
 def write_markdown(report: dict[str, Any]) -> str:
     """docs/benchmarks.md from the measured figures."""
-    cpu, runs, gpu = report["cpu_overhead"], report["runs"], report["gpu_overhead"]
+    cpus, runs, gpu = report["cpu_overhead"], report["runs"], report["gpu_overhead"]
+    whole = report["whole_run"]
     lines = [
         "# Benchmarks",
         "",
@@ -211,22 +274,33 @@ def write_markdown(report: dict[str, Any]) -> str:
         + verdict(wall <= WALL_CLOCK_TARGET, f"{wall:.2f}x")
         + " |"
     )
-    step = cpu["ordinary_overhead"]
-    lines.append(
-        "| plugin overhead <= 5% per ordinary step (CPU) | "
-        + verdict(step is not None and step <= STEP_OVERHEAD_TARGET, f"{100 * (step or 0):+.1f}%")
-        + " |"
-    )
-    state = cpu["state_to_parameters"]
+    if whole["wall_clock"] is not None:
+        ratio = whole["wall_clock"]["summary"]["wall_clock_ratio"]
+        lines.append(
+            "| SparCL-DER++ 0.75: wall clock <= 0.8x dense DER++, Split Fashion-MNIST quick (CPU) | "
+            + verdict(ratio <= WALL_CLOCK_TARGET, f"{ratio:.2f}x")
+            + " |"
+        )
+    if whole["memory"] is not None:
+        memory = whole["memory"]["summary"]
+        lines.append(
+            f"| SparCL-DER++ 0.75: peak memory <= dense + 1.5x parameters ({memory['model']}, CPU) | "
+            + verdict(
+                memory["memory_met"],
+                f"{memory['rss_difference_bytes'] / 2**20:+.1f} MiB for a budget of "
+                f"{memory['rss_budget_bytes'] / 2**20:.1f} MiB",
+            )
+            + " |"
+        )
+    for name, cpu in cpus.items():
+        lines += step_target_rows(cpu, f"CPU, {OVERHEAD_MODELS[name]}", "cpu")
+    state = cpus["resnet18"]["state_to_parameters"]
     lines.append(
         "| plugin state <= 1.5x parameter memory | " + verdict(state <= STATE_TARGET, f"{state:.2f}x") + " |"
     )
-    if gpu is not None and gpu.get("ordinary_overhead") is not None:
-        step = gpu["ordinary_overhead"]
-        lines.append(
-            f"| plugin overhead <= 5% per ordinary step ({gpu['device']}) | "
-            + verdict(step <= STEP_OVERHEAD_TARGET, f"{100 * step:+.1f}%")
-            + " |"
+    if gpu is not None:
+        lines += step_target_rows(
+            gpu, f"{gpu['device']}, {gpu['model']}, measured {gpu.get('date', 'undated')}", "gpu"
         )
     lines += [
         "",
@@ -257,12 +331,24 @@ def write_markdown(report: dict[str, Any]) -> str:
         "",
         "## Plugin overhead on the CPU",
         "",
-        f"{cpu['model']}, batch {cpu['batch_size']}, random 32x32 images, Naive strategy with and "
-        f"without SparCLPlugin (0.75 / 0.3 / 0.2), {cpu['rounds']} alternating run pairs, medians over "
-        f"{cpu['steps_measured']['dense']} dense and {cpu['steps_measured']['sparcl']} SparCL steps.",
+        "Measured by `python benchmarks/overhead.py --device cpu --model MODEL`: batch 32, random images, "
+        "Naive strategy with and without SparCLPlugin (0.75 / 0.3 / 0.2, TDM's update_every 0.5: one "
+        "mask update mid-run, so that most steps lie outside its 32-step CWI window, as they do at the "
+        "paper's 50 epochs), 8 epochs of 20 minibatches per run, alternating run pairs. Steps by kind: "
+        "ordinary (the plugin masks the gradients and DDR scores the minibatch), ordinary in a CWI "
+        "window (also accumulates the importance), with a DGM gradient-mask refresh, with a TDM mask "
+        "update (and the refresh that follows it).",
         "",
-        *overhead_rows(cpu),
-        "",
+    ]
+    for name, cpu in cpus.items():
+        lines += [
+            f"{OVERHEAD_MODELS[name]}: {cpu['rounds']} run pairs, medians over "
+            f"{cpu['steps_measured']['dense']} dense and {cpu['steps_measured']['sparcl']} SparCL steps.",
+            "",
+            *overhead_rows(cpu),
+            "",
+        ]
+    lines += [
         "## Plugin overhead on a GPU",
         "",
     ]
@@ -273,6 +359,10 @@ def write_markdown(report: dict[str, Any]) -> str:
             f"{gpu['device']}, {gpu['model']}, batch {gpu['batch_size']}; measured by "
             f"`{gpu.get('command', 'python benchmarks/overhead.py --device cuda')}`"
             f"{' on ' + gpu['date'] if 'date' in gpu else ''}.",
+            ""
+            if gpu.get("command") == "make bench"
+            else "Read from docs/benchmarks_gpu.json, the last GPU run: no GPU on the machine of this "
+            "`make bench`, so code changes made after that date are not reflected in these rows.",
             "",
             *overhead_rows(gpu),
         ]
@@ -297,24 +387,28 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     hide_avalanche_deprecation_notices()
     args.docs.mkdir(parents=True, exist_ok=True)
-    print("plugin overhead on the CPU ...", flush=True)
-    cpu_options = ["--device", "cpu", "--nf", "16", "--epochs", "10", "--rounds", "5"]
-    cpu = measure_overhead(overhead_args(cpu_options))
+    cpus = {}
+    for model in OVERHEAD_MODELS:
+        print(f"plugin overhead on the CPU, {model} ...", flush=True)
+        cpus[model] = measure_overhead(overhead_args(["--device", "cpu", "--model", model]))
     gpu = None
     gpu_file = args.docs / "benchmarks_gpu.json"
     if torch.cuda.is_available():
         print("plugin overhead on the GPU ...", flush=True)
-        gpu = measure_overhead(overhead_args(["--device", "cuda", "--nf", "64", "--epochs", "10"]))
+        gpu = measure_overhead(overhead_args(["--device", "cuda", "--nf", "64"]))
         gpu["command"] = "make bench"
+        gpu["date"] = datetime.date.today().isoformat()
     elif gpu_file.is_file():
         gpu = json.loads(gpu_file.read_text())
+    whole = measure_whole_run(command="make bench", out_dir=args.out / "whole_run")
     print("whole runs on Split Digits ...", flush=True)
     rows = whole_runs(args.seeds, args.out)
     report = {
         "date": datetime.date.today().isoformat(),
         "machine": machine_description(),
-        "cpu_overhead": cpu,
+        "cpu_overhead": cpus,
         "gpu_overhead": gpu,
+        "whole_run": whole,
         "runs": {"seeds": args.seeds, "rows": rows, "summary": summarise_runs(rows)},
     }
     (args.docs / "benchmarks.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -322,6 +416,8 @@ def main(argv: list[str] | None = None) -> None:
     print("time per plugin hook ...", flush=True)
     start, end = section_markers(PROFILE_SECTION)
     markdown += f"\n{start}\n{profile_section(report['machine']).rstrip()}\n{end}\n"
+    start, end = section_markers(WHOLE_RUN_SECTION)
+    markdown += f"\n{start}\n{section_markdown(whole, report['machine']).rstrip()}\n{end}\n"
     print("edge export sizes and latency ...", flush=True)
     start, end = section_markers(EXPORT_SECTION)
     markdown += f"\n{start}\n{export_section(report['machine']).rstrip()}\n{end}\n"

@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from avalanche_sparcl.sparse.dynamic import DynamicSparsity, TDMSettings
-from avalanche_sparcl.sparse.importance import ContinualWeightImportance
+from avalanche_sparcl.sparse.importance import ContinualWeightImportance, layer_groups
 from avalanche_sparcl.sparse.masks import kept_count
 
 
@@ -192,3 +192,9 @@ def test_an_update_reads_the_mean_gradient_of_its_window_only():
     # CWI over the window: |w| + 0.5 * mean |g| = [1, 1, 4, 4]; steps 0-1's gradient of 50 is unread
     assert engine.step(epoch=0, iteration=4, iterations_per_epoch=8).value == "shrink"
     assert engine.masks["w0"].tolist() == [False, False, True, True]
+
+
+def test_cwi_accumulates_in_groups_no_larger_than_the_largest_layer():
+    sizes = {"a": 3, "b": 1, "c": 2, "d": 4, "e": 1}
+    assert layer_groups(list(sizes), sizes) == [["a", "b"], ["c"], ["d"], ["e"]]
+    assert layer_groups([], {}) == []

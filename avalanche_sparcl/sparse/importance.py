@@ -30,18 +30,20 @@ class ContinualWeightImportance:
     def accumulate(self) -> None:
         """Add the current ``|grad|`` of every parameter to the window (call after backward).
 
-        One layer at a time, so the temporary ``|grad|`` is one layer's size, not the whole model's
+        Fused multi-tensor ops over groups of layers no larger together than the largest one: few
+        kernel launches on a GPU, and a temporary ``|grad|`` of one layer's size, not the model's
         (peak memory stays within the state budget).
         """
-        for name, param in self.params.items():
-            if param.grad is None:
-                continue
+        names = [name for name, param in self.params.items() if param.grad is not None]
+        for name in names:
             total = self.gradient_sums.get(name)
-            if total is None or total.device != param.device:
-                total = self.gradient_sums[name] = torch.zeros_like(
-                    param, memory_format=torch.preserve_format
+            if total is None or total.device != self.params[name].device:
+                self.gradient_sums[name] = torch.zeros_like(
+                    self.params[name], memory_format=torch.preserve_format
                 )
-            total.add_(param.grad.detach().abs())
+        for group in layer_groups(names, {name: self.params[name].numel() for name in names}):
+            gradients = [self.params[name].grad.detach() for name in group]
+            torch._foreach_add_([self.gradient_sums[name] for name in group], torch._foreach_abs(gradients))
         self.window_iterations += 1
 
     def scores(self, name: str) -> Tensor:
@@ -78,3 +80,19 @@ class ContinualWeightImportance:
         for total in self.gradient_sums.values():
             total.zero_()
         self.window_iterations = 0
+
+
+def layer_groups(names: list[str], sizes: dict[str, int]) -> list[list[str]]:
+    """Consecutive ``names`` grouped so that no group holds more entries than the largest layer."""
+    if not names:
+        return []
+    limit = max(sizes.values())
+    groups: list[list[str]] = [[]]
+    filled = 0
+    for name in names:
+        if groups[-1] and filled + sizes[name] > limit:
+            groups.append([])
+            filled = 0
+        groups[-1].append(name)
+        filled += sizes[name]
+    return groups
