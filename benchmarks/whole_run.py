@@ -47,6 +47,7 @@ METHODS = ("dense", "sparcl")
 WALL_CLOCK_TARGET = 0.80  # SparCL training wall clock / dense
 STATE_TARGET = 1.5  # SparCL peak memory <= dense peak + this many times the parameter bytes
 WHOLE_RUN_SECTION = "whole_run"
+SCRIPT = str(Path(__file__).resolve())
 PARTS = ("wall_clock", "memory")
 MIB = 2**20
 
@@ -214,12 +215,24 @@ def one_memory_run(
 
 def run_child(arguments: list[str]) -> dict[str, Any]:
     """Run this script with ``arguments`` in a fresh interpreter; return the JSON it wrote."""
+    return run_children([arguments])[0]
+
+
+def run_children(argument_lists: list[list[str]]) -> list[dict[str, Any]]:
+    """Run this script once per argument list, all at the same time, each in a fresh interpreter;
+    return the JSON each wrote, in order."""
     with tempfile.TemporaryDirectory() as folder:
-        output = Path(folder) / "result.json"
-        subprocess.run(
-            [sys.executable, str(Path(__file__).resolve()), *arguments, "--json", str(output)], check=True
-        )
-        return json.loads(output.read_text())
+        outputs = [Path(folder) / f"result_{index}.json" for index in range(len(argument_lists))]
+        children = [
+            subprocess.Popen(
+                [sys.executable, str(Path(__file__).resolve()), *arguments, "--json", str(output)]
+            )
+            for arguments, output in zip(argument_lists, outputs, strict=True)
+        ]
+        codes = [child.wait() for child in children]
+        if any(codes):
+            raise subprocess.CalledProcessError(max(codes), f"benchmarks/whole_run.py {argument_lists}")
+        return [json.loads(output.read_text()) for output in outputs]
 
 
 def thread_arguments(threads: int | None) -> list[str]:
@@ -227,15 +240,21 @@ def thread_arguments(threads: int | None) -> list[str]:
 
 
 def wall_clock_runs(
-    seeds: list[int], out_dir: Path, threads: int | None, epochs: int | None
+    seeds: list[int], out_dir: Path, threads: int | None, epochs: int | None, side_by_side: bool = True
 ) -> list[dict[str, Any]]:
-    """Dense and SparCL runs alternating (dense s0, SparCL s0, dense s1, ...), one process each."""
+    """Dense and SparCL runs of each seed, one process each: side by side (both at once, one torch
+    thread each, so that both see the same machine at every moment: this 2-core machine's speed
+    drifts by tens of percent over minutes) or alternating (dense s0, SparCL s0, dense s1, ...)."""
     rows = []
     for seed in seeds:
+        pair = []
         for config in (DENSE_CONFIG, SPARCL_CONFIG):
             arguments = ["--one", str(config), "--seed", str(seed), "--out", str(out_dir)]
-            arguments += thread_arguments(threads) + ([] if epochs is None else ["--epochs", str(epochs)])
-            row = run_child(arguments)
+            arguments += thread_arguments(1 if side_by_side else threads)
+            pair.append(arguments + ([] if epochs is None else ["--epochs", str(epochs)]))
+        results = run_children(pair) if side_by_side else [run_child(arguments) for arguments in pair]
+        for row in results:
+            row["side_by_side"] = side_by_side
             rows.append(row)
             print(
                 f"  {row['config']} seed {seed}: {row['train_time_s']:.1f} s training, "
@@ -389,7 +408,14 @@ def wall_clock_lines(report: dict[str, Any]) -> list[str]:
         f"(`{DENSE_CONFIG.relative_to(ROOT)}`): small CNN, {protocol}, 5 experiences, batch 32 + 32 "
         "replayed, reservoir buffer 200. Wall clock is each run's `train_time_s` (time inside "
         "`strategy.train`; evaluation and checkpoints excluded); seeds "
-        f"{settings['seeds']}, one fresh process per run, dense and SparCL alternating; medians over seeds.",
+        f"{settings['seeds']}, one fresh process per run, "
+        + (
+            "the dense and SparCL runs of a seed side by side (at the same time, one torch thread "
+            "each: both see the same machine, whose speed drifts by tens of percent over minutes)"
+            if settings.get("side_by_side")
+            else "dense and SparCL alternating"
+        )
+        + "; medians over seeds.",
         "",
         "| target | result |",
         "|---|---|",
@@ -505,6 +531,7 @@ def measure(
     memory_epochs: int = 3,
     memory_minibatches: int = 10,
     command: str = "python benchmarks/whole_run.py",
+    side_by_side: bool = True,
 ) -> dict[str, Any]:
     """Both measurements (or the ``parts`` asked for): raw per-run records and their summaries."""
     seeds = list(seeds)
@@ -518,8 +545,8 @@ def measure(
     used: set[int] = set()
     if "wall_clock" in parts:
         print("whole runs on Split Fashion-MNIST (quick) ...", flush=True)
-        rows = wall_clock_runs(seeds, out_dir, threads, epochs)
-        settings = {"seeds": seeds, "epochs": rows[0]["epochs"]}
+        rows = wall_clock_runs(seeds, out_dir, threads, epochs, side_by_side)
+        settings = {"seeds": seeds, "epochs": rows[0]["epochs"], "side_by_side": side_by_side}
         report["wall_clock"] = {"settings": settings, "rows": rows, "summary": summarise_wall_clock(rows)}
         used |= {row["threads"] for row in rows}
     if "memory" in parts:
@@ -552,6 +579,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--memory-minibatches", type=int, default=10, help="minibatches per epoch, memory runs"
     )
     parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
+    parser.add_argument(
+        "--alternate",
+        action="store_true",
+        help="wall clock: run dense and SparCL one after the other (default: side by side, 1 thread each)",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "whole_run", help="run folders go here")
     parser.add_argument("--json", type=Path, help="write the raw results (a child: its one record) here")
     parser.add_argument("--docs", action="store_true", help="write the section of docs/benchmarks.md")
@@ -588,6 +620,7 @@ def main(argv: list[str] | None = None) -> None:
         args.memory_epochs,
         args.memory_minibatches,
         command.strip(),
+        side_by_side=not args.alternate,
     )
     # imported after the children ran: this process stays small while they measure their memory
     sys.path.insert(0, str(Path(__file__).resolve().parent))
