@@ -39,7 +39,7 @@ from export_report import EXPORT_SECTION, export_section  # noqa: E402
 from overhead import measure as measure_overhead  # noqa: E402
 from overhead import parse_args as overhead_args  # noqa: E402
 from plugin_profile import PROFILE_SECTION, profile_section  # noqa: E402
-from whole_run import WHOLE_RUN_SECTION, section_markdown  # noqa: E402
+from whole_run import WHOLE_RUN_SECTION, load_longer_schedule, section_markdown  # noqa: E402
 from whole_run import measure as measure_whole_run  # noqa: E402
 
 from avalanche_sparcl.console import hide_avalanche_deprecation_notices  # noqa: E402
@@ -417,7 +417,8 @@ def main(argv: list[str] | None = None) -> None:
     start, end = section_markers(PROFILE_SECTION)
     markdown += f"\n{start}\n{profile_section(report['machine']).rstrip()}\n{end}\n"
     start, end = section_markers(WHOLE_RUN_SECTION)
-    markdown += f"\n{start}\n{section_markdown(whole, report['machine']).rstrip()}\n{end}\n"
+    whole_section = section_markdown(whole, report["machine"], load_longer_schedule())
+    markdown += f"\n{start}\n{whole_section.rstrip()}\n{end}\n"
     print("edge export sizes and latency ...", flush=True)
     start, end = section_markers(EXPORT_SECTION)
     markdown += f"\n{start}\n{export_section(report['machine']).rstrip()}\n{end}\n"

@@ -155,3 +155,13 @@ def test_section_flags_missing_parts_and_events():
 
 def test_section_name_is_stable():
     assert whole_run.WHOLE_RUN_SECTION == "whole_run"
+
+
+def test_a_saved_longer_schedule_adds_its_own_verdict_to_the_section():
+    longer = report(wall_rows((70.0, 105.0)), None)  # medians: SparCL 87.5 s vs dense 120 s
+    longer["wall_clock"]["settings"]["epochs"] = 10
+    section = whole_run.section_markdown(report(wall_rows((90.0, 130.0)), None), "test machine", longer)
+    assert "### Training wall clock at 10 epochs per experience" in section
+    assert "| SparCL-DER++ 0.75 training wall clock <= 0.80x dense DER++ | met (0.73x) |" in section
+    assert "| SparCL-DER++ 0.75 training wall clock <= 0.80x dense DER++ | **missed** (0.92x) |" in section
+    assert "Per iteration SparCL took 0.81x dense's time." in section  # 0.729 / (5065 / 5625)
