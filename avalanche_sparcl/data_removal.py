@@ -187,7 +187,8 @@ class ForgettingStatistics:
         logits, labels = logits.detach(), labels.to(self.device)
         correct = logits.argmax(dim=1) == labels
         losses = F.cross_entropy(logits.float(), labels, reduction="none").to(torch.float64)
-        forgotten = (self.observations[positions] > 0) & self.last_correct[positions] & ~correct
+        # last_correct is only ever True where an observation was made: no need to read observations
+        forgotten = self.last_correct[positions] & ~correct
         self.forgetting_events.index_add_(0, positions, forgotten.long())
         self.correct_count.index_add_(0, positions, correct.long())
         self.observations.index_add_(0, positions, torch.ones_like(positions))
