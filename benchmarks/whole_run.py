@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -60,6 +61,11 @@ MEMORY_PLUGIN_OPTIONS = {
     "min_update_steps": 0,
     "min_experience_steps": 0,
 }
+MEMORY_ENVIRONMENT = {"MALLOC_MMAP_THRESHOLD_": str(128 * 1024)}
+"""glibc's allocator with a fixed mmap threshold: every block of 128 KiB or more (every tensor worth
+counting) is its own mapping, returned to the system when freed, so the peak resident size follows
+the peak of live tensors instead of the heap's high-water mark (which otherwise moves by tens of MiB
+from one identical run to the next)."""
 MEMORY_BATCH = 32
 MEMORY_BUFFER = 200
 
@@ -218,15 +224,16 @@ def run_child(arguments: list[str]) -> dict[str, Any]:
     return run_children([arguments])[0]
 
 
-def run_children(argument_lists: list[list[str]]) -> list[dict[str, Any]]:
-    """Run this script once per argument list, all at the same time, each in a fresh interpreter;
-    return the JSON each wrote, in order."""
+def run_children(
+    argument_lists: list[list[str]], environment: dict[str, str] | None = None
+) -> list[dict[str, Any]]:
+    """Run this script once per argument list, all at the same time, each in a fresh interpreter
+    (with ``environment`` added to this one's); return the JSON each wrote, in order."""
+    env = {**os.environ, **(environment or {})}
     with tempfile.TemporaryDirectory() as folder:
         outputs = [Path(folder) / f"result_{index}.json" for index in range(len(argument_lists))]
         children = [
-            subprocess.Popen(
-                [sys.executable, str(Path(__file__).resolve()), *arguments, "--json", str(output)]
-            )
+            subprocess.Popen([sys.executable, SCRIPT, *arguments, "--json", str(output)], env=env)
             for arguments, output in zip(argument_lists, outputs, strict=True)
         ]
         codes = [child.wait() for child in children]
@@ -273,7 +280,7 @@ def memory_runs(
         for method in METHODS:
             arguments = ["--memory-one", method, "--memory-nf", str(nf), "--memory-epochs", str(epochs)]
             arguments += ["--memory-minibatches", str(minibatches), *thread_arguments(threads)]
-            row = {**run_child(arguments), "round": index}
+            row = {**run_children([arguments], MEMORY_ENVIRONMENT)[0], "round": index}
             rows.append(row)
             print(
                 f"  round {index} {method}: peak RSS {peak_kib(row) / 1024:.1f} MiB, "
@@ -462,7 +469,9 @@ def memory_lines(report: dict[str, Any]) -> list[str]:
         f"{settings['epochs']} epochs of {settings['minibatches']} minibatches each ({steps} steps), with "
         f"and without `SparCLPlugin({options})`; {counted(settings['rounds'], 'round')} of one dense "
         "and one SparCL run, each in a fresh process; peak RSS is the process's high-water mark "
-        "(`VmHWM`), median over the rounds.",
+        "(`VmHWM`), median over the rounds, with glibc's mmap threshold fixed at 128 KiB "
+        "(`MALLOC_MMAP_THRESHOLD_`: freed tensors go back to the system, so the high-water mark "
+        "follows the live tensors rather than the allocator's heap).",
         "",
         "| target | result |",
         "|---|---|",
