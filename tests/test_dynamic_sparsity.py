@@ -198,3 +198,24 @@ def test_cwi_accumulates_in_groups_no_larger_than_the_largest_layer():
     sizes = {"a": 3, "b": 1, "c": 2, "d": 4, "e": 1}
     assert layer_groups(list(sizes), sizes) == [["a", "b"], ["c"], ["d"], ["e"]]
     assert layer_groups([], {}) == []
+
+
+def test_cwi_sums_gradients_at_the_kept_weights_only():
+    options = {"expand_ratio": 0.01, "importance_window": 0, "update_every": 0.5, "min_update_steps": 0}
+    engine = make_engine([(10, 20)], sparsity=0.75, **options)
+    engine.start_experience(n_epochs=1, iterations_per_epoch=10)  # the shrink comes before step 5
+    kept = engine.masks["w0"].flatten().nonzero().squeeze(1)
+    assert kept.numel() == 50 + 2  # 25% of 200, expanded by 1% of the layer
+    param = engine.params["w0"]
+    seen = []
+    for iteration in range(3):
+        engine.step(epoch=0, iteration=iteration, iterations_per_epoch=10)
+        param.grad = torch.randn(10, 20, generator=torch.Generator().manual_seed(iteration))
+        seen.append(param.grad.abs())
+        engine.observe_gradients()
+    sums = engine.importance.gradient_sums["w0"]
+    assert sums.shape == (52,) and engine.importance.tracked["w0"].dtype == torch.int32
+    expected = (sum(seen) / 3).flatten()
+    assert torch.allclose(engine.importance.mean_gradient_at("w0", kept), expected[kept])
+    dense = engine.importance.mean_gradient("w0").flatten()
+    assert torch.allclose(dense[kept], expected[kept]) and dense[~engine.masks["w0"].flatten()].eq(0).all()

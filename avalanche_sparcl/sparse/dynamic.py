@@ -239,7 +239,6 @@ class DynamicSparsity:
         """
         self.experience += 1
         self._follow_parameter_devices()
-        self.importance.reset()
         updates = mask_updates(n_epochs, self.settings.update_every, self.settings.freeze_at)
         if iterations_per_epoch is not None:
             spaced = space_updates(updates, iterations_per_epoch, self.settings.min_update_steps)
@@ -255,9 +254,18 @@ class DynamicSparsity:
             ratio = self.settings.expand_ratio
             grow = {name: round(p.numel() * ratio) for name, p in self.params.items()}
             self._change("expand", 0.0, dict.fromkeys(grow, 0), grow, optimizer)
+        self.restart_importance()
         if optimizer is not None:
             self.clear_pruned_optimizer_state(optimizer)
         return not fixed
+
+    def restart_importance(self) -> None:
+        """Open a new CWI window on the current masks: gradients are summed at the kept weights only,
+        the ones the next prune ranks (all weights when pruned ones regrow by gradient)."""
+        if self.settings.regrow == "gradient" or not self.reads_gradients():
+            self.importance.track({})
+        else:
+            self.importance.track({name: positions_of(mask) for name, mask in self.masks.items()})
 
     def finish_experience(self, optimizer: torch.optim.Optimizer | None = None) -> None:
         """Shrink back to the target if the experience was too short for its scheduled shrink."""
@@ -283,7 +291,7 @@ class DynamicSparsity:
                 swap = {n: self._swap_count(n) for n in self.params}
                 prune, grow = swap, swap
             self._change(kind.value, position, prune, grow, optimizer)
-            self.importance.reset()
+            self.restart_importance()
         self.observing = self.in_importance_window(epoch, iteration, iterations_per_epoch)
         return kind
 

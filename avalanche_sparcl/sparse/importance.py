@@ -14,17 +14,34 @@ scored zero by accident and no experience is judged by the previous one's data.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 from torch import Tensor
 
 
 class ContinualWeightImportance:
-    """Accumulates ``|grad|`` of selected parameters and scores them by CWI."""
+    """Accumulates ``|grad|`` of selected parameters and scores them by CWI.
+
+    ``track`` narrows the accumulation to given flat positions per parameter (the kept weights: a
+    prune ranks only those), so the window's sums take a quarter of the parameters' memory at 75%
+    sparsity instead of all of it.
+    """
 
     def __init__(self, params: dict[str, torch.nn.Parameter], gradient_weight: float = 0.5):
         self.params = params
         self.gradient_weight = gradient_weight
         self.gradient_sums: dict[str, Tensor] = {}
+        self.tracked: dict[str, Tensor] = {}  # name -> sorted flat positions summed (absent: all)
+        self.window_iterations = 0
+
+    def track(self, positions: Mapping[str, Tensor]) -> None:
+        """Start a new window that sums gradients only at these sorted flat positions of each named
+        parameter (the others everywhere)."""
+        self.tracked = {
+            name: compact_index(index, self.params[name].numel()) for name, index in positions.items()
+        }
+        self.gradient_sums = {}  # sized for the new positions on the next accumulate
         self.window_iterations = 0
 
     def accumulate(self) -> None:
@@ -35,16 +52,28 @@ class ContinualWeightImportance:
         (peak memory stays within the state budget).
         """
         names = [name for name, param in self.params.items() if param.grad is not None]
+        sizes = {}
         for name in names:
+            param, positions = self.params[name], self.tracked.get(name)
+            if positions is not None and positions.device != param.device:
+                positions = self.tracked[name] = positions.to(param.device)
+            sizes[name] = param.numel() if positions is None else positions.numel()
             total = self.gradient_sums.get(name)
-            if total is None or total.device != self.params[name].device:
-                self.gradient_sums[name] = torch.zeros_like(
-                    self.params[name], memory_format=torch.preserve_format
+            if total is None or total.device != param.device:
+                self.gradient_sums[name] = (
+                    torch.zeros_like(param, memory_format=torch.preserve_format)
+                    if positions is None
+                    else torch.zeros(sizes[name], dtype=param.dtype, device=param.device)
                 )
-        for group in layer_groups(names, {name: self.params[name].numel() for name in names}):
-            gradients = [self.params[name].grad.detach() for name in group]
+        for group in layer_groups(names, sizes):
+            gradients = [self.gradient_at_tracked(name) for name in group]
             torch._foreach_add_([self.gradient_sums[name] for name in group], torch._foreach_abs(gradients))
         self.window_iterations += 1
+
+    def gradient_at_tracked(self, name: str) -> Tensor:
+        gradient = self.params[name].grad.detach()
+        positions = self.tracked.get(name)
+        return gradient if positions is None else gradient.reshape(-1).index_select(0, positions)
 
     def scores(self, name: str) -> Tensor:
         """CWI of every entry of parameter ``name`` over the current window."""
@@ -62,24 +91,40 @@ class ContinualWeightImportance:
         return weight_term + self.gradient_weight * self.mean_gradient_at(name, positions)
 
     def mean_gradient(self, name: str) -> Tensor:
-        """Mean ``|grad|`` of parameter ``name`` over the window (zeros before any gradient)."""
-        total = self.gradient_sums.get(name)
-        if total is None or self.window_iterations == 0:
-            return torch.zeros_like(self.params[name], memory_format=torch.preserve_format).detach()
-        return total / self.window_iterations
+        """Mean ``|grad|`` of parameter ``name`` over the window (zeros before any gradient and at
+        untracked positions)."""
+        param = self.params[name]
+        if name not in self.tracked:
+            total = self.gradient_sums.get(name)
+            if total is None or self.window_iterations == 0:
+                return torch.zeros_like(param, memory_format=torch.preserve_format).detach()
+            return total / self.window_iterations
+        every = torch.arange(param.numel(), device=param.device)
+        return self.mean_gradient_at(name, every).view_as(param)
 
     def mean_gradient_at(self, name: str, positions: Tensor) -> Tensor:
-        """Mean ``|grad|`` at flat ``positions`` of parameter ``name`` (zeros before any gradient)."""
+        """Mean ``|grad|`` at flat ``positions`` of parameter ``name`` (zeros before any gradient and
+        at untracked positions)."""
         total = self.gradient_sums.get(name)
-        if total is None or self.window_iterations == 0:
+        tracked = self.tracked.get(name)
+        if total is None or self.window_iterations == 0 or (tracked is not None and not tracked.numel()):
             return torch.zeros(positions.numel(), dtype=self.params[name].dtype, device=positions.device)
-        return total.flatten()[positions] / self.window_iterations
+        if tracked is None:
+            return total.flatten()[positions] / self.window_iterations
+        slots = torch.searchsorted(tracked, positions.to(tracked.dtype)).clamp_(max=tracked.numel() - 1)
+        found = tracked[slots] == positions
+        return torch.where(found, total[slots], 0.0) / self.window_iterations
 
     def reset(self) -> None:
         """Start a new window (after a mask update, or at a new experience)."""
         for total in self.gradient_sums.values():
             total.zero_()
         self.window_iterations = 0
+
+
+def compact_index(positions: Tensor, numel: int) -> Tensor:
+    """Flat positions as int32 where they fit: half the memory of int64 for the same gather."""
+    return positions.to(torch.int32) if numel < 2**31 else positions.to(torch.long)
 
 
 def layer_groups(names: list[str], sizes: dict[str, int]) -> list[list[str]]:
