@@ -26,7 +26,8 @@ class TDMPlugin(SupervisedPlugin, supports_distributed=True):
     layer; ``update_every`` and ``freeze_at`` as fractions of the experience's epochs; ``seed`` of
     the random regrowth; ``min_update_steps``, the fewest optimizer steps between two mask updates
     less than an epoch apart (short experiences get fewer updates, or a fixed mask with one warning;
-    0 keeps every update).
+    0 keeps every update); ``importance_window``, the optimizer steps before each mask update whose
+    gradients feed CWI (0: every step since the previous update).
 
     Under DistributedDataParallel every rank builds the same masks from the averaged gradients and an
     identically seeded generator; the core checks that they agree after every change.
