@@ -14,7 +14,7 @@ from avalanche_sparcl.plugins import (  # noqa: E402
     TDMPlugin,
 )
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "DDRPlugin",

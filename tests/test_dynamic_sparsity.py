@@ -219,3 +219,15 @@ def test_cwi_sums_gradients_at_the_kept_weights_only():
     assert torch.allclose(engine.importance.mean_gradient_at("w0", kept), expected[kept])
     dense = engine.importance.mean_gradient("w0").flatten()
     assert torch.allclose(dense[kept], expected[kept]) and dense[~engine.masks["w0"].flatten()].eq(0).all()
+
+
+def test_cwi_from_a_checkpoint_without_tracked_positions_sums_everywhere():
+    param = torch.nn.Parameter(torch.ones(3))
+    importance = ContinualWeightImportance({"w": param})
+    state = dict(vars(importance))
+    del state["tracked"]  # as pickled by version 0.1.0
+    restored = ContinualWeightImportance.__new__(ContinualWeightImportance)
+    restored.__setstate__(state)
+    param.grad = torch.tensor([1.0, -2.0, 3.0])
+    restored.accumulate()
+    assert restored.gradient_sums["w"].tolist() == [1.0, 2.0, 3.0]

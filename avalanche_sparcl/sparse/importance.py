@@ -35,6 +35,10 @@ class ContinualWeightImportance:
         self.tracked: dict[str, Tensor] = {}  # name -> sorted flat positions summed (absent: all)
         self.window_iterations = 0
 
+    def __setstate__(self, state: dict) -> None:
+        """Checkpoints written before ``tracked`` existed sum every position."""
+        self.__dict__.update({"tracked": {}, **state})
+
     def track(self, positions: Mapping[str, Tensor]) -> None:
         """Start a new window that sums gradients only at these sorted flat positions of each named
         parameter (the others everywhere)."""
