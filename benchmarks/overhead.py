@@ -59,9 +59,6 @@ class StepTimer(SupervisedPlugin):
         self.plugin_seconds += seconds
 
     def now(self) -> float:
-        return self._now()
-
-    def _now(self) -> float:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         return time.perf_counter()
@@ -70,7 +67,7 @@ class StepTimer(SupervisedPlugin):
         self._started = None
 
     def before_training_iteration(self, strategy: Any, **kwargs: Any) -> None:
-        now = self._now()
+        now = self.now()
         if self._started is not None:
             self.steps.append((self._kind, now - self._started))
             self.plugin_times.append((self._kind, self.plugin_seconds))

@@ -89,20 +89,36 @@ def timed(function: Callable, name: str, record: Callable[[str, float], None], c
     return wrapper
 
 
-def instrument(sparcl: SparCLPlugin, record: Callable[[str, float], None], clock: Any) -> None:
-    """Time every per-step hook of every part, and TDM's and DGM's optimizer step hooks; each call's
-    seconds go to ``record(name, seconds)``. ``clock.now()`` reads the time."""
-    per_step = ("before_training_iteration", "before_forward", "after_forward", "after_backward")
+PER_STEP_HOOKS = ("before_training_iteration", "before_forward", "after_forward", "after_backward")
+
+
+def wrap_per_step_calls(
+    sparcl: SparCLPlugin, wrap: Callable[[Callable, SupervisedPlugin, str], Callable]
+) -> None:
+    """Replace each call SparCL's parts make in every training step, their Avalanche per-step hooks
+    and TDM's and DGM's optimizer step hooks, by ``wrap(call, part, hook)``; ``hook`` is the hook's
+    name, or "before step" / "after step" for the optimizer step hooks."""
     for part in sparcl.parts:
-        label = type(part).__name__.removesuffix("Plugin")
-        for hook in per_step:
+        for hook in PER_STEP_HOOKS:
             if getattr(type(part), hook) is not getattr(SupervisedPlugin, hook):
-                setattr(part, hook, timed(getattr(part, hook), f"{label}.{hook}", record, clock))
+                setattr(part, hook, wrap(getattr(part, hook), part, hook))
         hooks = getattr(part, "step_hooks", None)
         if hooks is not None:
-            hooks.before_step = timed(hooks.before_step, f"{label} before optimizer step", record, clock)
+            hooks.before_step = wrap(hooks.before_step, part, "before step")
             if hooks.after_step is not None:
-                hooks.after_step = timed(hooks.after_step, f"{label} after optimizer step", record, clock)
+                hooks.after_step = wrap(hooks.after_step, part, "after step")
+
+
+def instrument(sparcl: SparCLPlugin, record: Callable[[str, float], None], clock: Any) -> None:
+    """Time every per-step call of every part; each call's seconds go to ``record(name, seconds)``.
+    ``clock.now()`` reads the time."""
+
+    def wrap(call: Callable, part: SupervisedPlugin, hook: str) -> Callable:
+        label = type(part).__name__.removesuffix("Plugin")
+        name = f"{label} {hook.replace('step', 'optimizer step')}" if " " in hook else f"{label}.{hook}"
+        return timed(call, name, record, clock)
+
+    wrap_per_step_calls(sparcl, wrap)
 
 
 def profile(model_name: str, device: torch.device, steps: int) -> tuple[float, dict[str, float]]:

@@ -39,7 +39,7 @@ from export_report import EXPORT_SECTION, export_section  # noqa: E402
 from overhead import measure as measure_overhead  # noqa: E402
 from overhead import parse_args as overhead_args  # noqa: E402
 from plugin_profile import PROFILE_SECTION, profile_section  # noqa: E402
-from whole_run import WHOLE_RUN_SECTION, load_longer_schedule, section_markdown  # noqa: E402
+from whole_run import WHOLE_RUN_SECTION, load_longer_schedule, section_markdown, verdict  # noqa: E402
 from whole_run import measure as measure_whole_run  # noqa: E402
 
 from avalanche_sparcl.console import hide_avalanche_deprecation_notices  # noqa: E402
@@ -142,10 +142,6 @@ def summarise_runs(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 }
             )
     return summary
-
-
-def verdict(met: bool, detail: str) -> str:
-    return f"met ({detail})" if met else f"**missed** ({detail})"
 
 
 def overhead_rows(result: dict[str, Any]) -> list[str]:

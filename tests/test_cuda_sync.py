@@ -8,8 +8,10 @@ every per-step hook as intended, with a recording stand-in for the sync mode.
 
 from __future__ import annotations
 
+import sys
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,7 +24,8 @@ from avalanche_sparcl import SparCLPlugin
 from avalanche_sparcl.benchmarks import tensor_benchmark
 from avalanche_sparcl.models import ResNet18
 
-PER_STEP_HOOKS = ("before_training_iteration", "before_forward", "after_forward", "after_backward")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from plugin_profile import wrap_per_step_calls  # noqa: E402
 
 
 class OrdinaryStepGuard(SupervisedPlugin):
@@ -37,19 +40,11 @@ class OrdinaryStepGuard(SupervisedPlugin):
         self.steps = 0
         self.ordinary_steps = 0
         self.wrapped: list[str] = []
-        for part in sparcl.parts:
-            label = type(part).__name__
-            for hook in PER_STEP_HOOKS:
-                if getattr(type(part), hook) is not getattr(SupervisedPlugin, hook):
-                    setattr(part, hook, self.guarded(getattr(part, hook), f"{label}.{hook}"))
-            step_hooks = getattr(part, "step_hooks", None)
-            if step_hooks is not None:
-                step_hooks.before_step = self.guarded(step_hooks.before_step, f"{label} before step")
-                if step_hooks.after_step is not None:
-                    step_hooks.after_step = self.guarded(step_hooks.after_step, f"{label} after step")
+        wrap_per_step_calls(sparcl, self.guarded)
 
-    def guarded(self, function: Callable, name: str) -> Callable:
-        self.wrapped.append(name)
+    def guarded(self, function: Callable, part: SupervisedPlugin, hook: str) -> Callable:
+        label = type(part).__name__
+        self.wrapped.append(f"{label} {hook}" if " " in hook else f"{label}.{hook}")
 
         def run(*args: Any, **kwargs: Any) -> Any:
             if not self.ordinary:

@@ -45,8 +45,7 @@ class ContinualWeightImportance:
         self.tracked = {
             name: compact_index(index, self.params[name].numel()) for name, index in positions.items()
         }
-        self.gradient_sums = {}  # sized for the new positions on the next accumulate
-        self.window_iterations = 0
+        self.reset()
 
     def accumulate(self) -> None:
         """Add the current ``|grad|`` of every parameter to the window (call after backward).
@@ -120,9 +119,9 @@ class ContinualWeightImportance:
         return torch.where(found, total[slots], 0.0) / self.window_iterations
 
     def reset(self) -> None:
-        """Start a new window (after a mask update, or at a new experience)."""
-        for total in self.gradient_sums.values():
-            total.zero_()
+        """Start a new window on the same positions; the sums are freed until the next accumulate
+        allocates them (sized for the tracked positions)."""
+        self.gradient_sums = {}
         self.window_iterations = 0
 
 

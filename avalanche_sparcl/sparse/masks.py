@@ -64,12 +64,6 @@ def highest_positions(candidates: Tensor, scores: Tensor, count: int) -> Tensor:
     return candidates[torch.topk(scores, count, sorted=False).indices]
 
 
-def prune_positions(mask: Tensor, scores: Tensor, n_prune: int) -> Tensor:
-    """Flat indices of the ``n_prune`` kept entries with the lowest ``scores``."""
-    kept = positions_of(mask)
-    return lowest_positions(kept, scores.flatten()[kept], n_prune)
-
-
 def grow_positions(mask: Tensor, scores: Tensor, n_grow: int, avoid: Tensor | None = None) -> Tensor:
     """Flat indices of the ``n_grow`` pruned entries with the highest ``scores``.
 
@@ -86,7 +80,7 @@ def grow_positions(mask: Tensor, scores: Tensor, n_grow: int, avoid: Tensor | No
     grown = highest_positions(preferred, flat_scores[preferred], n_grow)
     if avoid is None or grown.numel() == n_grow or not avoid.numel():
         return grown
-    fallback = avoid[~mask.flatten()[avoid]]  # avoided positions that are pruned now
+    fallback = pruned_among(mask, avoid)
     return torch.cat([grown, highest_positions(fallback, flat_scores[fallback], n_grow - grown.numel())])
 
 
@@ -125,9 +119,14 @@ def random_grow_positions(
             grown = torch.cat([grown, taken])
     if grown.numel() == n_grow or avoid is None:
         return grown
-    fallback = avoid[~mask.flatten()[avoid]]  # avoided positions that are pruned now
+    fallback = pruned_among(mask, avoid)
     order = torch.randperm(fallback.numel(), generator=generator).to(device)
     return torch.cat([grown, fallback[order[: n_grow - grown.numel()]]])
+
+
+def pruned_among(mask: Tensor, positions: Tensor) -> Tensor:
+    """The flat ``positions`` whose entry ``mask`` prunes: the regrowth fallback among avoided ones."""
+    return positions[~mask.flatten()[positions]]
 
 
 def as_mask(positions: Tensor, like: Tensor) -> Tensor:
@@ -139,7 +138,8 @@ def as_mask(positions: Tensor, like: Tensor) -> Tensor:
 
 def prune_lowest(mask: Tensor, scores: Tensor, n_prune: int) -> Tensor:
     """Positions of the ``n_prune`` kept entries with the lowest scores (a bool tensor)."""
-    return as_mask(prune_positions(mask, scores, n_prune), mask)
+    kept = positions_of(mask)
+    return as_mask(lowest_positions(kept, scores.flatten()[kept], n_prune), mask)
 
 
 def grow_highest(mask: Tensor, scores: Tensor, n_grow: int, avoid: Tensor | None = None) -> Tensor:
