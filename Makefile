@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench lint clean
+.PHONY: demo test bench compat lint clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,8 +22,12 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/run.py
 
+# Avalanche's own tests, as shipped and with SparCL injected into every strategy (docs/compatibility.md)
+compat: $(STAMP)
+	$(PY) compat/run.py
+
 lint: $(STAMP)
-	$(VENV)/bin/ruff check avalanche_sparcl tests benchmarks
+	$(VENV)/bin/ruff check avalanche_sparcl tests benchmarks compat
 
 clean:
 	rm -rf $(VENV) *.egg-info

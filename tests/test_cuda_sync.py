@@ -113,7 +113,6 @@ def test_harness_runs_every_sparcl_hook_of_ordinary_steps_under_the_error_mode()
     assert [stage.kept for record in sparcl.ddr.stage_counts for stage in record.stages] == [224, 224]
     assert guard.ordinary_steps == 2 * (27 - 5)
     assert guard.wrapped == [
-        "DDRPlugin.before_training_iteration",
         "DDRPlugin.after_forward",
         "MaskedHeadPlugin.before_training_iteration",
         "MaskedHeadPlugin.after_forward",
@@ -122,6 +121,7 @@ def test_harness_runs_every_sparcl_hook_of_ordinary_steps_under_the_error_mode()
         "TDMPlugin.after_backward",
         "TDMPlugin before step",
         "TDMPlugin after step",
+        "DGMPlugin.before_training_iteration",
         "DGMPlugin before step",
     ]
     assert modes == ["error", "default"] * (guard.ordinary_steps * len(guard.wrapped))

@@ -11,12 +11,23 @@ from avalanche.benchmarks import nc_benchmark
 from avalanche.benchmarks.utils import _make_taskaware_tensor_classification_dataset
 from avalanche.benchmarks.utils.data_loader import ReplayDataLoader
 from avalanche.core import SupervisedPlugin
-from avalanche.training import DER, ER_ACE, Cumulative, GDumb, GSS_greedy, ICaRL, JointTraining, Naive, Replay
+from avalanche.training import (
+    DER,
+    ER_ACE,
+    Cumulative,
+    GDumb,
+    GSS_greedy,
+    ICaRL,
+    JointTraining,
+    Naive,
+    OnlineNaive,
+    Replay,
+)
 from avalanche.training.plugins import ReplayPlugin
 from conftest import DDR_RULES_OFF, TDM_RULES_OFF
 from torch import nn
 
-from avalanche_sparcl import DDRPlugin
+from avalanche_sparcl import DDRPlugin, SparCLPlugin
 from avalanche_sparcl.benchmarks import split_digits, tensor_benchmark
 from avalanche_sparcl.models import SmallCNN
 from avalanche_sparcl.plugins.ddr import POSITION_ATTRIBUTE, keep_only_positions, with_positions
@@ -29,15 +40,18 @@ MEMORY = 100
 class MinibatchCounter(SupervisedPlugin):
     """Counts, per epoch, current-experience and replay rows of the training minibatches.
 
-    Placed before DDRPlugin, it still sees the position field: >= 0 for the experience's examples,
-    -1 for ER's buffer rows. DER prepends its buffer rows later; ER_ACE forwards its buffer apart.
+    It reads the positions DDR took off the minibatch (>= 0 for the experience's examples, -1 for ER's
+    buffer rows) and checks that the minibatch itself is Avalanche's own three fields, also when it is
+    listed before DDRPlugin. DER prepends its buffer rows later; ER_ACE forwards its buffer apart.
     """
 
-    def __init__(self):
+    def __init__(self, ddr):
         super().__init__()
+        self.ddr = ddr
+        self.experience_size = 0
         self.current = []  # [experience][epoch] -> current-experience samples seen
         self.replay = []
-        self.data_fraction = []  # [experience][epoch] -> len(adapted_dataset) / len(experience.dataset)
+        self.data_fraction = []  # [experience][epoch] -> len(adapted_dataset) / examples of the experience
         self.iterations = []  # [experience][epoch] -> minibatches
         self.loader_rows = 0
 
@@ -46,6 +60,7 @@ class MinibatchCounter(SupervisedPlugin):
         self.replay.append([])
         self.data_fraction.append([])
         self.iterations.append([])
+        self.experience_size = len(strategy.experience.dataset)
 
     def before_training_epoch(self, strategy, **kwargs):
         self.current[-1].append(0)
@@ -53,7 +68,10 @@ class MinibatchCounter(SupervisedPlugin):
         self.iterations[-1].append(0)
 
     def before_training_iteration(self, strategy, **kwargs):
-        positions = strategy.mbatch[-1]
+        assert len(strategy.mbatch) == 3, "a field was added to Avalanche's minibatch"
+        positions = self.ddr.minibatch_positions
+        if positions is None:  # an experience DDR leaves alone: every row is the experience's
+            positions = torch.zeros(len(strategy.mb_y))
         self.iterations[-1][-1] += 1
         self.loader_rows = len(positions)
         self.current[-1][-1] += int((positions >= 0).sum())
@@ -65,7 +83,7 @@ class MinibatchCounter(SupervisedPlugin):
             self.replay[-1][-1] += len(strategy.mb_buffer_out)  # ER_ACE
 
     def after_training_epoch(self, strategy, **kwargs):
-        self.data_fraction[-1].append(len(strategy.adapted_dataset) / len(strategy.experience.dataset))
+        self.data_fraction[-1].append(len(strategy.adapted_dataset) / self.experience_size)
 
 
 def input_keys(dataset) -> list[bytes]:
@@ -114,7 +132,8 @@ def digits():
 @pytest.fixture(scope="module", params=["naive", "er", "der", "er_ace"])
 def ddr_run(request, digits):
     """One run per strategy on all of Split Digits, with what each test needs recorded."""
-    counter, ddr = MinibatchCounter(), DDRPlugin(removal_ratio=0.3)
+    ddr = DDRPlugin(removal_ratio=0.3)
+    counter = MinibatchCounter(ddr)
     strategy = make_strategy(request.param, [counter, ddr])
     buffers, removed, kept = [], [], []
     for experience in digits.train_stream:
@@ -215,7 +234,8 @@ def test_paper_setting_set_sizes_in_a_real_strategy():
     data = _make_taskaware_tensor_classification_dataset(inputs, labels)
     experience = nc_benchmark(data, data, 1, task_labels=False, seed=0).train_stream[0]
     model = nn.Linear(4, 2)
-    counter, ddr = MinibatchCounter(), DDRPlugin()
+    ddr = DDRPlugin()
+    counter = MinibatchCounter(ddr)
     strategy = Naive(
         model=model,
         optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
@@ -232,7 +252,8 @@ def test_paper_setting_set_sizes_in_a_real_strategy():
 
 @pytest.mark.parametrize("ddr_first", [True, False], ids=["ddr-then-tdm", "tdm-then-ddr"])
 def test_composes_with_tdm_in_either_order(digits, ddr_first):
-    counter, ddr = MinibatchCounter(), DDRPlugin(**DDR_RULES_OFF)
+    ddr = DDRPlugin(**DDR_RULES_OFF)
+    counter = MinibatchCounter(ddr)
     tdm = TDMPlugin(sparsity=0.5, **TDM_RULES_OFF)
     plugins = [counter, ddr, tdm] if ddr_first else [counter, tdm, ddr]
     strategy = make_strategy("der", plugins, epochs=5)
@@ -252,7 +273,8 @@ def test_composes_with_tdm_in_either_order(digits, ddr_first):
 
 @pytest.mark.parametrize("name", ["replay", "er"])
 def test_periodic_evaluation_and_repeated_train_calls(digits, name):
-    counter, ddr = MinibatchCounter(), DDRPlugin(**DDR_RULES_OFF)
+    ddr = DDRPlugin(**DDR_RULES_OFF)
+    counter = MinibatchCounter(ddr)
     strategy = make_strategy(name, [counter, ddr], epochs=5, eval_every=1)
     for experience in digits.train_stream[:2]:
         strategy.train(experience, eval_streams=[digits.test_stream[:1]])
@@ -267,7 +289,8 @@ def test_periodic_evaluation_and_repeated_train_calls(digits, name):
 
 @pytest.mark.parametrize(("epochs", "length"), [(1, "1 epoch"), (2, "2 epochs")])
 def test_experiences_shorter_than_three_epochs_remove_nothing_and_warn_once(digits, epochs, length):
-    counter, ddr = MinibatchCounter(), DDRPlugin()
+    ddr = DDRPlugin()
+    counter = MinibatchCounter(ddr)
     strategy = make_strategy("naive", [counter, ddr], epochs=epochs)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -285,7 +308,8 @@ def test_experiences_shorter_than_three_epochs_remove_nothing_and_warn_once(digi
 
 
 def test_three_epochs_remove_once_at_epoch_2_without_warning(digits):
-    counter, ddr = MinibatchCounter(), DDRPlugin(**DDR_RULES_OFF)
+    ddr = DDRPlugin(**DDR_RULES_OFF)
+    counter = MinibatchCounter(ddr)
     strategy = make_strategy("naive", [counter, ddr], epochs=3)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -372,7 +396,8 @@ def tiny_options(epochs: int = 3, batch: int = 10, inputs: int = 8, classes: int
 def test_gss_replay_survives_a_removal_stage(tensor_benchmark_factory):
     """GSS builds its own ReplayDataLoader; the stage shrinks its current data and keeps the memory."""
     benchmark = tensor_benchmark_factory(20, 4, 2, (8,))  # 2 experiences of 40 examples
-    counter, ddr = MinibatchCounter(), DDRPlugin(removal_ratio=0.3, **DDR_RULES_OFF)
+    ddr = DDRPlugin(removal_ratio=0.3, **DDR_RULES_OFF)
+    counter = MinibatchCounter(ddr)
     # 50 memory rows: GSS scores a whole minibatch (10 current + 32 memory rows) against its memory
     strategy = GSS_greedy(mem_size=50, input_size=[8], plugins=[counter, ddr], **tiny_options())
     for experience in benchmark.train_stream:
@@ -397,7 +422,7 @@ def test_plain_dataloader_is_refused_at_the_first_epoch(tensor_benchmark_factory
             epochs.append(strategy.clock.train_exp_epochs)
 
     benchmark = tensor_benchmark_factory(20, 4, 2, (8,))
-    strategy = PlainLoaderNaive(plugins=[DDRPlugin(), EpochCounter()], **tiny_options())
+    strategy = PlainLoaderNaive(plugins=[DDRPlugin(**DDR_RULES_OFF), EpochCounter()], **tiny_options())
     with pytest.raises(ValueError) as error:
         strategy.train(benchmark.train_stream[0])
     assert str(error.value) == (
@@ -407,6 +432,40 @@ def test_plain_dataloader_is_refused_at_the_first_epoch(tensor_benchmark_factory
         "without data removal."
     )
     assert epochs == []  # refused before the first epoch trained
+
+
+@pytest.mark.parametrize("epochs", [1, 2])
+def test_a_plain_dataloader_trains_when_ddr_would_remove_nothing(tensor_benchmark_factory, epochs):
+    """At 1 or 2 epochs DDR removes nothing, so any loader will do (OnlineNaive's, a user's)."""
+
+    class PlainLoaderNaive(Naive):
+        def make_train_dataloader(self, **kwargs):
+            data = self.adapted_dataset
+            self.dataloader = torch.utils.data.DataLoader(data, batch_size=10, collate_fn=data.collate_fn)
+
+    benchmark = tensor_benchmark_factory(20, 4, 2, (8,))
+    ddr = DDRPlugin()
+    counter = MinibatchCounter(ddr)
+    strategy = PlainLoaderNaive(plugins=[counter, ddr], **tiny_options(epochs=epochs))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        strategy.train(benchmark.train_stream[0])
+    assert counter.current == [[40] * epochs]
+    assert [record.stages for record in ddr.stage_counts] == [[]]
+
+
+def test_online_naive_trains_with_ddr(tensor_benchmark_factory):
+    """OnlineNaive passes each example once (a plain DataLoader per sub-experience): nothing to remove."""
+    benchmark = tensor_benchmark_factory(20, 4, 2, (8,))
+    options = tiny_options(epochs=1)
+    options.pop("train_epochs")
+    ddr = DDRPlugin()
+    strategy = OnlineNaive(plugins=[ddr], **options)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        strategy.train(benchmark.train_stream[0])
+    assert strategy.clock.train_iterations == 4  # 40 examples in batches of 10, once each
+    assert all(record.stages == [] for record in ddr.stage_counts)
 
 
 def test_a_stage_cuts_each_task_of_the_loader_and_keeps_the_memory():
@@ -479,10 +538,16 @@ def test_a_buffer_reading_adapted_dataset_gets_untagged_kept_examples():
 
 def test_gdumb_is_refused_at_the_first_experience(tensor_benchmark_factory):
     benchmark = tensor_benchmark_factory(20, 4, 2, (8,))
-    strategy = GDumb(mem_size=20, plugins=[DDRPlugin()], **tiny_options())
+    options = tiny_options()
+    weights = options["model"].weight.detach().clone()
+    strategy = GDumb(mem_size=20, plugins=[SparCLPlugin()], **options)
     with pytest.raises(ValueError) as error:
         strategy.train(benchmark.train_stream[0])
-    assert str(error.value) == refusal("GDumb", "other data (its buffer)")
+    assert str(error.value) == refusal(
+        "GDumb", "its own class-balanced buffer of examples from every experience seen so far"
+    )
+    assert strategy.clock.train_iterations == 0  # before the first step
+    assert torch.equal(strategy.model.weight, weights)  # nothing changed, no mask applied
 
 
 def test_icarl_is_refused_at_the_first_experience(tensor_benchmark_factory):

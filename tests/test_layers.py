@@ -6,6 +6,8 @@ import pytest
 import torch
 from torch import nn
 
+from avalanche.models import SimpleMLP
+
 from avalanche_sparcl.models import ResNet18, SmallCNN
 from avalanche_sparcl.sparse.layers import default_sparse_weights, load_profile, resolve_profile
 
@@ -64,14 +66,28 @@ class DeclaredOutOfOrder(nn.Module):
 
 def test_default_set_follows_execution_order_not_registration_order():
     model = DeclaredOutOfOrder()
-    assert default_sparse_weights(model, forward_of(model, (4,))) == ["hidden.weight"]
+    assert default_sparse_weights(model, forward_of(model, (4,))) == ["stem.weight", "hidden.weight"]
 
 
-def test_an_mlp_masks_only_its_hidden_linear_layers():
+def test_an_mlp_masks_every_linear_layer_but_the_classifier():
     model = nn.Sequential(
         nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 10)
     )
-    assert default_sparse_weights(model, forward_of(model, (1, 8, 8))) == ["3.weight"]
+    assert default_sparse_weights(model, forward_of(model, (1, 8, 8))) == ["1.weight", "3.weight"]
+
+
+def test_avalanche_simple_mlp_masks_its_input_layer():
+    """Avalanche's hello-world model: input Linear (28*28 x 512, 99% of its weights) + classifier."""
+    model = SimpleMLP(num_classes=10, input_size=28 * 28)
+    assert default_sparse_weights(model, forward_of(model, (28 * 28,))) == ["features.0.weight"]
+
+
+def test_frozen_layers_are_never_chosen():
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 3))
+    model[0].weight.requires_grad_(False)
+    assert default_sparse_weights(model, forward_of(model, (8,))) == ["2.weight"]
+    model[2].weight.requires_grad_(False)  # only the classifier trains: nothing to mask, no error
+    assert default_sparse_weights(model, forward_of(model, (8,))) == []
 
 
 def test_a_model_whose_only_convolution_is_the_stem_masks_its_hidden_linear_layers():
@@ -100,10 +116,10 @@ def test_a_model_with_no_selectable_layer_is_a_clear_error():
     with pytest.raises(ValueError) as error:
         default_sparse_weights(model, forward_of(model, (1, 8, 8)))
     assert str(error.value) == (
-        "the model has no layer SparCL can make sparse: it masks convolution weights other than the "
-        "input layer or, in a model without such a convolution, Linear weights other than the input "
-        "layer and the classifier, and the model's forward pass went through these only: 1. Pass a "
-        "profile to choose layers explicitly."
+        "the model has no layer SparCL can make sparse: it masks the convolution weights that train, "
+        "other than the input layer, or, in a model without such a convolution, the Linear weights that "
+        "train, other than the classifier (the last one), and the model's forward pass went through "
+        "these only: 1. Pass a profile to choose layers explicitly."
     )
 
 

@@ -69,7 +69,7 @@ def test_paper_setting_reproduces_the_reference_density_schedule():
     torch.manual_seed(0)
     benchmark = make_tensor_benchmark(n_per_class=4, n_classes=4, n_experiences=2, shape=(8,))
     model = tiny_mlp()
-    tdm = TDMPlugin(sparsity=0.75)
+    tdm = TDMPlugin(profile={"3.weight": 0.75, "5.weight": 0.75})  # the two 100 x 100 layers
     recorder = MaskRecorder(tdm)
     strategy = naive(model, [tdm, recorder], train_mb_size=8, train_epochs=50)
     for experience in benchmark.train_stream:

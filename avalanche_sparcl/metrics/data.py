@@ -17,9 +17,10 @@ if TYPE_CHECKING:
     from avalanche.training.templates import SupervisedTemplate
 
 
-def kept_data_fraction(strategy: SupervisedTemplate) -> float:
-    """Training examples used in this epoch over the examples of the experience."""
-    return len(strategy.adapted_dataset) / len(strategy.experience.dataset)
+def kept_data_fraction(strategy: SupervisedTemplate, n_examples: int | None = None) -> float:
+    """Training examples used in this epoch over the ``n_examples`` of the experience (by default
+    those of ``strategy.experience``, which DDR narrows to the kept ones once it removed some)."""
+    return len(strategy.adapted_dataset) / (n_examples or len(strategy.experience.dataset))
 
 
 class KeptData(PluginMetric[float]):
@@ -37,6 +38,7 @@ class KeptData(PluginMetric[float]):
         self.emit_experience = experience
         self._epoch_fraction = 0.0
         self._experience_mean = Mean()
+        self._experience_size: int | None = None
 
     def result(self) -> float:
         return self._epoch_fraction
@@ -47,9 +49,10 @@ class KeptData(PluginMetric[float]):
 
     def before_training_exp(self, strategy: SupervisedTemplate) -> None:
         self.reset()
+        self._experience_size = len(strategy.experience.dataset)  # before any removal
 
     def before_training_epoch(self, strategy: SupervisedTemplate) -> None:
-        self._epoch_fraction = kept_data_fraction(strategy)
+        self._epoch_fraction = kept_data_fraction(strategy, self._experience_size)
         self._experience_mean.update(self._epoch_fraction)
 
     def after_training_epoch(self, strategy: SupervisedTemplate) -> MetricResult:

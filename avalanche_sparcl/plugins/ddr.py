@@ -3,22 +3,26 @@
 Three Avalanche details are handled here, the algorithm lives in ``avalanche_sparcl.data_removal``:
 
 - Which rows of a minibatch are which examples: the experience's training data gets a position data
-  attribute; a collate function gives replay samples, which lack it, position -1 (never scored).
-  ``adapted_dataset`` is tagged only while the loaders are built (replay plugins build theirs from it
-  in ``before_training_exp``); from the first epoch on it is the untagged data again, so code reading
-  it (a user's buffer, metrics) never sees positions.
+  attribute while the loaders are built (replay plugins build theirs from ``adapted_dataset`` in
+  ``before_training_exp``); a collate function gives replay samples, which lack it, position -1
+  (never scored). The train loader is then wrapped so that the positions are taken off each minibatch
+  before the strategy sees it: the minibatch every plugin reads is Avalanche's own. From the first
+  epoch on ``adapted_dataset`` is the untagged data again.
 - Removal between epochs: the train loader, whoever built it (the strategy, ReplayPlugin, GSS, ...),
   is edited in place: each of its datasets that carries positions is cut to the kept examples, the
   others (replay memory) stay, and the epoch length is recomputed as Avalanche's
   ``MultiDatasetDataLoader`` computes it. ``adapted_dataset`` becomes the untagged kept examples.
-- The replay buffer reads only the kept examples: each storage policy's ``update`` is given a view of
-  the experience with the removed examples left out (DER and ER fill it at the end of the
-  experience). ER_ACE fills it when the experience starts, with all data; at every stage that update
-  is redone from the state before it, with the kept examples, and ER_ACE's replay loader rebuilt.
+- The replay buffer reads only the kept examples: from the first stage on, ``strategy.experience`` is
+  a view of the experience whose dataset holds the kept examples, which is what every buffer reads
+  when the experience ends (DER, ReplayPlugin, ...). ER_ACE fills its buffer when the experience
+  starts, with all data; at every stage that update is redone from the state before it, with the
+  kept examples, and ER_ACE's replay loader rebuilt.
 
-Strategies that train on other data than the experience being trained (Cumulative, JointTraining,
-GDumb, iCaRL), and train loaders that are not a ``MultiDatasetDataLoader``, are refused with a
-ValueError at the first experience, before it trains.
+An experience too short for any removal (2 epochs or fewer, or fewer than ``min_experience_steps``
+optimizer steps) is left alone: no positions, no statistics, any train loader. Strategies that train
+on other data than the experience being trained (Cumulative, JointTraining, GDumb, iCaRL) are refused
+with a ValueError before training starts; a train loader that is not a ``MultiDatasetDataLoader`` is
+refused at the first epoch of an experience DDR would cut, before its first step.
 """
 
 from __future__ import annotations
@@ -26,14 +30,14 @@ from __future__ import annotations
 import copy
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import torch
 from avalanche.benchmarks.utils.data_attribute import DataAttribute
 from avalanche.benchmarks.utils.data_loader import MultiDatasetDataLoader, _make_data_loader
 from avalanche.core import SupervisedPlugin
-from avalanche.training import Cumulative, ICaRL, JointTraining
+from avalanche.training import Cumulative, GDumb, ICaRL, JointTraining
+from avalanche.training.plugins import GDumbPlugin
 from avalanche.training.utils import cycle
 from torch import Tensor
 
@@ -57,6 +61,8 @@ NOT_FROM_EXPERIENCE = -1
 OTHER_TRAINING_DATA: dict[type, str] = {
     Cumulative: "the data of every experience seen so far",
     JointTraining: "the data of all experiences at once",
+    GDumb: "its own class-balanced buffer of examples from every experience seen so far",
+    GDumbPlugin: "its own class-balanced buffer of examples from every experience seen so far",
     ICaRL: "the experience's data joined with its exemplars, which loses DDR's example positions",
 }
 """Strategies known to train on more than the experience's data, with what they train on."""
@@ -89,11 +95,18 @@ class DDRPlugin(SupervisedPlugin, supports_distributed=True):
         reject_unknown_options("DDRPlugin", set(options), accepted)
         self.removal = DynamicDataRemoval(DDRSettings(removal_ratio, stages, cutoff, min_experience_steps))
         self.full_dataset: Any = None  # the experience's (untagged) training data, before any removal
+        self.full_experience: Any = None  # the experience being trained, before any removal
+        self.tagged = False  # the experience's data carry positions (DDR may remove some)
         self.loader_unchecked = False  # the experience's train loader is not checked yet
+        self.positions_loader: MinibatchPositions | None = None
         self.minibatch_positions: Tensor | None = None
         self.experience_counter: int | None = None  # strategy.clock.train_exp_counter of the experience
         self.updated_at_start: list[BufferRefill] = []
         self.warned_short = False  # the too-short-experience warning is given once
+
+    def __setstate__(self, state: dict) -> None:
+        """Checkpoints are taken between experiences: the next one starts afresh."""
+        self.__dict__.update({"full_experience": None, "tagged": False, "positions_loader": None, **state})
 
     @property
     def settings(self) -> DDRSettings:
@@ -106,24 +119,32 @@ class DDRPlugin(SupervisedPlugin, supports_distributed=True):
         return self.removal.history
 
     def before_training(self, strategy: Any, **kwargs: Any) -> None:
-        """Refuse strategies known to train on other data; route every replay buffer's update through
-        the kept examples."""
-        for strategy_type, other_data in OTHER_TRAINING_DATA.items():
-            if isinstance(strategy, strategy_type):
-                raise incompatible_strategy(strategy, other_data)
+        """Refuse strategies known to train on other data, before anything is changed; note every
+        experience-start buffer update (ER_ACE's), to redo it with the kept examples."""
+        if self.settings.removal_ratio == 0:
+            return
+        for owner in [strategy, *strategy.plugins]:
+            for owner_type, other_data in OTHER_TRAINING_DATA.items():
+                if isinstance(owner, owner_type):
+                    raise incompatible_strategy(strategy, other_data)
         for policy in storage_policies(strategy):
             if not isinstance(policy.update, KeptExamplesUpdate):
                 policy.update = KeptExamplesUpdate(policy, policy.update, self)
 
     def after_train_dataset_adaptation(self, strategy: Any, **kwargs: Any) -> None:
         """Tag the experience's training examples with their positions (all data is back), for the
-        loaders built next."""
+        loaders built next; not when the experience is too short for any removal."""
+        self.tagged = self.settings.removal_ratio != 0 and strategy.train_epochs > MIN_WINDOW_EPOCHS
+        self.positions_loader = self.minibatch_positions = None
+        if not self.tagged:
+            return
         n_examples, n_adapted = len(strategy.experience.dataset), len(strategy.adapted_dataset)
         if n_adapted != n_examples:
             raise incompatible_strategy(
                 strategy, f"other data ({n_adapted} examples for an experience of {n_examples})"
             )
         self.full_dataset = strategy.adapted_dataset
+        self.full_experience = strategy.experience
         strategy.adapted_dataset = with_positions(self.full_dataset)
         self.loader_unchecked = True
 
@@ -134,8 +155,9 @@ class DDRPlugin(SupervisedPlugin, supports_distributed=True):
             refill for refill in self.updated_at_start if refill.counter == self.experience_counter
         ]
         epochs, minibatches = strategy.train_epochs, minibatches_per_epoch(strategy)
+        n_examples = len(self.full_dataset) if self.tagged else len(strategy.experience.dataset)
         schedule = self.removal.start_experience(
-            strategy.experience.current_experience, len(self.full_dataset), epochs, minibatches
+            strategy.experience.current_experience, n_examples, epochs, minibatches
         )
         if schedule or self.settings.removal_ratio == 0 or self.warned_short:
             return
@@ -161,23 +183,27 @@ class DDRPlugin(SupervisedPlugin, supports_distributed=True):
         self.warned_short = True
 
     def before_training_epoch(self, strategy: Any, **kwargs: Any) -> None:
-        """At the first epoch, check the final loader and untag ``adapted_dataset``; at a stage
-        boundary, drop the easiest examples from the loader and the buffers."""
+        """At the first epoch, check the final loader, take the positions off its minibatches and
+        untag ``adapted_dataset``; at a stage boundary, drop the easiest examples from the loader and
+        from what the buffers will read."""
         if self.loader_unchecked:
-            check_train_loader(strategy)
-            strategy.adapted_dataset = self.full_dataset
             self.loader_unchecked = False
+            removes = bool(self.removal.schedule)
+            if removes:
+                check_train_loader(strategy)
+            strategy.adapted_dataset = self.full_dataset
+            self.positions_loader = MinibatchPositions(strategy.dataloader, self)
+            strategy.dataloader = self.positions_loader
+        if not self.tagged:
+            return
         kept = self.removal.remove_due(strategy.clock.train_exp_epochs)
         if kept is None:
             return
         strategy.adapted_dataset = self.full_dataset.subset(kept.tolist())
-        keep_only_positions(strategy.dataloader, kept)
+        strategy.experience = experience_of_kept_examples(self.full_experience, kept)
+        keep_only_positions(self.positions_loader.loader, kept)
         for refill in self.updated_at_start:
             refill.redo_with_kept_examples(strategy)
-
-    def before_training_iteration(self, strategy: Any, **kwargs: Any) -> None:
-        """Take the position field off the minibatch, so ``mb_task_id`` is the task label again."""
-        self.minibatch_positions = strategy.mbatch.pop()
 
     def after_forward(self, strategy: Any, **kwargs: Any) -> None:
         """Score the examples from this training forward pass itself (no extra forward).
@@ -185,18 +211,49 @@ class DDRPlugin(SupervisedPlugin, supports_distributed=True):
         The minibatch's current examples are its last rows: DER prepends its buffer samples.
         """
         positions = self.minibatch_positions
+        if positions is None or not self.tagged:
+            return
         outputs, labels = strategy.mb_output, strategy.mb_y
         if len(outputs) < len(positions):
             raise RuntimeError(f"DDRPlugin: {len(outputs)} outputs for {len(positions)} examples")
         self.removal.observe(positions, outputs[-len(positions) :], labels[-len(positions) :])
 
-    def kept_positions_now(self, strategy: Any) -> Tensor | None:
-        """Kept positions if a buffer updating now reads the experience being trained and some of its
-        examples were removed, else None."""
-        record = self.removal.current
-        if self.experience_counter != strategy.clock.train_exp_counter or record is None:
-            return None
-        return self.removal.kept_positions if record.stages else None
+    def after_training_exp(self, strategy: Any, **kwargs: Any) -> None:
+        """The experience is over: nothing is tagged or observed until the next one starts."""
+        self.tagged = self.loader_unchecked = False
+        self.positions_loader = self.minibatch_positions = None
+        self.full_experience = None
+
+
+class MinibatchPositions:
+    """The train loader, with DDR's position field taken off each minibatch before the strategy sees
+    it (kept in ``plugin.minibatch_positions``): every plugin reads Avalanche's own minibatch."""
+
+    def __init__(self, loader: Any, plugin: DDRPlugin):
+        self.loader = loader
+        self.plugin = plugin
+
+    def __iter__(self) -> Iterator[Any]:
+        for minibatch in self.loader:
+            minibatch, self.plugin.minibatch_positions = split_positions(minibatch)
+            yield minibatch
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __getattr__(self, name: str) -> Any:
+        if name in ("loader", "plugin"):
+            raise AttributeError(name)
+        return getattr(self.loader, name)
+
+
+def split_positions(minibatch: Any) -> tuple[Any, Tensor | None]:
+    """The minibatch without DDR's position field, and the positions (None if it has none)."""
+    if isinstance(minibatch, dict):
+        positions = minibatch.pop(POSITION_ATTRIBUTE, None)
+        return minibatch, positions
+    fields = list(minibatch)
+    return fields[:-1], fields[-1]
 
 
 class PositionCollate:
@@ -206,6 +263,9 @@ class PositionCollate:
         self.base_collate = base_collate
 
     def __call__(self, samples: list[Any]) -> Any:
+        if isinstance(samples[0], dict):
+            samples = [{POSITION_ATTRIBUTE: NOT_FROM_EXPERIENCE, **sample} for sample in samples]
+            return self.base_collate(samples)
         width = max(len(sample) for sample in samples)
         if any(len(sample) != width for sample in samples):
             samples = [
@@ -303,26 +363,17 @@ def storage_policies(strategy: Any) -> list[Any]:
     return list(unique.values())
 
 
-@contextmanager
-def experience_of_kept_examples(strategy: Any, kept_positions: Tensor) -> Iterator[None]:
-    """Within the block, ``strategy.experience.dataset`` holds only the kept examples."""
-    experience = strategy.experience
+def experience_of_kept_examples(experience: Any, kept_positions: Tensor) -> Any:
+    """A view of ``experience`` whose dataset holds only the kept examples (what buffers read)."""
     kept_view = copy.copy(experience)
     kept_view._dataset = experience.dataset.subset(kept_positions.tolist())
-    strategy.experience = kept_view
-    try:
-        yield
-    finally:
-        strategy.experience = experience
+    return kept_view
 
 
 class KeptExamplesUpdate:
-    """Replaces a storage policy's ``update``: the buffer reads only the examples DDR kept.
-
-    An update for an experience DDR has not started yet (ER_ACE fills its buffer before training)
-    still sees all data; the policy's state before it is remembered, so every removal stage can redo it
-    with the kept examples.
-    """
+    """Wraps a storage policy's ``update`` to note an update made for an experience DDR has not started
+    yet (ER_ACE fills its buffer before training, with all data): the policy's state before it is
+    remembered, so every removal stage can redo it with the kept examples."""
 
     def __init__(self, policy: Any, original_update: Any, plugin: DDRPlugin):
         self.policy = policy
@@ -330,10 +381,6 @@ class KeptExamplesUpdate:
         self.plugin = plugin
 
     def __call__(self, strategy: Any, **kwargs: Any) -> Any:
-        kept_positions = self.plugin.kept_positions_now(strategy)
-        if kept_positions is not None:
-            with experience_of_kept_examples(strategy, kept_positions):
-                return self.original_update(strategy, **kwargs)
         if self.plugin.experience_counter != strategy.clock.train_exp_counter:
             self.plugin.updated_at_start.append(
                 BufferRefill(self, strategy.clock.train_exp_counter, policy_state(self.policy), kwargs)
@@ -351,12 +398,13 @@ class BufferRefill:
         self.kwargs = kwargs
 
     def redo_with_kept_examples(self, strategy: Any) -> None:
-        """Restore the buffer as it was before the update, update it from the kept examples, and give
-        the strategy a replay loader over the new buffer (ER_ACE draws from its own)."""
+        """Restore the buffer as it was before the update, update it from the kept examples (the
+        strategy's experience is their view by now), and give the strategy a replay loader over the
+        new buffer (ER_ACE draws from its own)."""
         policy = self.update.policy
         vars(policy).clear()
         vars(policy).update(policy_state_copy(self.state_before))
-        self.update(strategy, **self.kwargs)
+        self.update.original_update(strategy, **self.kwargs)
         if policy is getattr(strategy, "storage_policy", None) and getattr(strategy, "replay_loader", None):
             rebuild_strategy_replay_loader(strategy)
 

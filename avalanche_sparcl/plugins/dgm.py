@@ -11,7 +11,7 @@ from avalanche_sparcl.distributed import unwrap
 from avalanche_sparcl.plugins.probe import probe_forward
 from avalanche_sparcl.plugins.tdm import TDMPlugin
 from avalanche_sparcl.sparse.gradient_masks import GradientMasking
-from avalanche_sparcl.sparse.layers import default_sparse_weights, parameters_named
+from avalanche_sparcl.sparse.layers import default_sparse_weights, parameters_named, trainable_parameters
 from avalanche_sparcl.sparse.step_hooks import OptimizerStepHooks
 from avalanche_sparcl.validation import check_fraction, check_positive_int, reject_unknown_options
 
@@ -33,6 +33,12 @@ class DGMPlugin(SupervisedPlugin, supports_distributed=True):
         self.gradient_masking: GradientMasking | None = None
         self.seen_mask_updates = 0
         self.step_hooks = OptimizerStepHooks(self._mask_gradients_at_step)
+        self.starting = False  # an experience began and its first epoch has not started yet
+        self.training = False
+
+    def __setstate__(self, state: dict) -> None:
+        """Checkpoints written before the lazy start train on (the next experience starts afresh)."""
+        self.__dict__.update({"starting": False, "training": False, **state})
 
     @property
     def gradient_masks(self) -> dict[str, torch.Tensor]:
@@ -40,25 +46,54 @@ class DGMPlugin(SupervisedPlugin, supports_distributed=True):
         return {} if self.gradient_masking is None else self.gradient_masking.masks
 
     def before_training_exp(self, strategy: Any, **kwargs: Any) -> None:
-        """Pick the layers on first use, follow them by name into a replaced model after that; mask
-        at every step of the strategy's optimizer, refreshing at the start of every experience."""
+        """Note that an experience begins; its masking starts with its first epoch (after TDM's)."""
+        self.starting = True
+
+    def before_training_epoch(self, strategy: Any, **kwargs: Any) -> None:
+        """At the experience's first epoch: pick the layers on first use (TDM's, else the default set),
+        follow them after that; mask at every step of the strategy's optimizer, refreshing first."""
+        if not self.starting:
+            return
+        self.starting = False
+        if getattr(strategy, "optimizer", None) is None:
+            return  # nothing steps: nothing to mask (TDM warns)
         if self.gradient_masking is None:
             self.tdm = self.tdm or preceding_tdm(strategy, self)
-            if self.tdm is not None:
-                params = self.tdm.dynamic_sparsity.params
-                self.tdm.gradients_masked_by_dgm = True  # DGM's masks zero the pruned weights' gradients
-            else:
+            if self.tdm is None:
                 model = unwrap(strategy.model)
                 names = default_sparse_weights(model, lambda: probe_forward(strategy))
-                params = parameters_named(model, names)
-            self.gradient_masking = GradientMasking(params, self.gradient_sparsity, self.refresh_every)
-        elif self.tdm is None:
-            names = self.gradient_masking.params
-            self.gradient_masking.params = parameters_named(unwrap(strategy.model), names)
+                self.gradient_masking = GradientMasking(
+                    parameters_named(model, names), self.gradient_sparsity, self.refresh_every
+                )
+            else:
+                self.tdm.gradients_masked_by_dgm = True  # DGM's masks zero the pruned weights' gradients
+                self.gradient_masking = GradientMasking({}, self.gradient_sparsity, self.refresh_every)
+        if self.tdm is not None:
+            if not self.tdm.training:
+                return  # TDM masks nothing in this experience (no optimizer, nothing that trains)
+            params = dict(self.tdm.dynamic_sparsity.params)
+            self.seen_mask_updates = len(self.tdm.dynamic_sparsity.history)
         else:
-            self.gradient_masking.params = dict(self.tdm.dynamic_sparsity.params)
+            model = unwrap(strategy.model)
+            params = parameters_named(model, trainable_parameters(model, self.gradient_masking.params))
+        self.gradient_masking.follow(params)
         self.step_hooks.follow(strategy.optimizer)
         self.gradient_masking.start_experience()
+        self.training = True
+
+    def before_training_iteration(self, strategy: Any, **kwargs: Any) -> None:
+        """Hook the optimizer that steps now (a strategy may replace it)."""
+        if self.training:
+            self.step_hooks.follow(strategy.optimizer)
+
+    def after_training_exp(self, strategy: Any, **kwargs: Any) -> None:
+        """The experience is over (nothing to do for one that never started an epoch)."""
+        self.starting = self.training = False
+
+    def after_training(self, strategy: Any, **kwargs: Any) -> None:
+        """Let go of the optimizer: no hook outlives the strategy's training."""
+        self.step_hooks.remove()
+        self.starting = self.training = False
 
     def _mask_gradients_at_step(self) -> None:
         """Mask the gradients the optimizer is about to apply, after TDM read them for CWI and every

@@ -5,18 +5,29 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from avalanche.models.utils import avalanche_forward
+from torch.utils.data import default_collate
 
 from avalanche_sparcl.distributed import unwrap
 
 
 def probe_forward(strategy: Any) -> Any:
-    """One forward pass on the first training example, to see the order of the model's layers.
+    """One forward pass on the first training example, as the strategy itself makes it.
 
-    It runs on the model inside a DistributedDataParallel wrapper: a wrapped forward would expect a
-    backward pass to reduce, and the layer names are the unwrapped ones.
+    The example is collated by the dataset's own collate function, moved by the strategy's
+    ``_unpack_minibatch`` and passed through the strategy's ``forward``, so custom minibatch layouts
+    (dictionaries, extra fields) and custom forwards work. The strategy's minibatch and output are
+    restored afterwards. It runs on the model inside a DistributedDataParallel wrapper: a wrapped
+    forward would synchronise with ranks that do not run it, and the layer names are the unwrapped ones.
     """
-    example = strategy.adapted_dataset[0]
-    inputs = torch.as_tensor(example[0]).unsqueeze(0).to(strategy.device)
-    task_labels = torch.as_tensor([int(example[2])], device=strategy.device)
-    return avalanche_forward(unwrap(strategy.model), inputs, task_labels)
+    dataset = strategy.adapted_dataset
+    collate = getattr(dataset, "collate_fn", None) or default_collate
+    saved = {name: getattr(strategy, name, None) for name in ("mbatch", "mb_output", "model")}
+    try:
+        strategy.model = unwrap(saved["model"])
+        strategy.mbatch = collate([dataset[0]])
+        strategy._unpack_minibatch()
+        with torch.no_grad():
+            return strategy.forward()
+    finally:
+        for name, value in saved.items():
+            setattr(strategy, name, value)

@@ -8,10 +8,17 @@ from typing import Any
 
 import torch
 from avalanche.core import SupervisedPlugin
+from avalanche.models.packnet import PackNetModule, PackNetPlugin
 
 from avalanche_sparcl.distributed import unwrap
 from avalanche_sparcl.plugins.probe import probe_forward
 from avalanche_sparcl.sparse.dynamic import DynamicSparsity, TDMSettings
+from avalanche_sparcl.sparse.layers import (
+    default_sparse_weights,
+    parameters_named,
+    resolve_profile,
+    trainable_parameters,
+)
 from avalanche_sparcl.sparse.step_hooks import OptimizerStepHooks
 from avalanche_sparcl.validation import reject_unknown_options
 
@@ -42,37 +49,54 @@ class TDMPlugin(SupervisedPlugin, supports_distributed=True):
         self.step_hooks = OptimizerStepHooks(self._mask_gradients_at_step, self._mask_weights_at_step)
         self.gradients_masked_by_dgm = False  # set by a DGMPlugin working on these masks
         self.warned_fixed_mask = False  # the fixed-mask warning is given once
+        self.warned_no_optimizer = False
+        self.warned_nothing_trains = False
+        self.starting = False  # an experience began and its first epoch has not started yet
+        self.training = False  # an experience is being trained with the masks
+
+    def __setstate__(self, state: dict) -> None:
+        """Checkpoints written before the lazy start train on (the next experience starts afresh)."""
+        self.__dict__.update(
+            {
+                "warned_no_optimizer": False,
+                "warned_nothing_trains": False,
+                "starting": False,
+                "training": False,
+                **state,
+            }
+        )
 
     @property
     def masks(self) -> dict[str, torch.Tensor]:
-        """Parameter name -> bool mask (True = kept); empty until training starts."""
-        return {} if self.dynamic_sparsity is None else self.dynamic_sparsity.masks
+        """Parameter name -> bool mask (True = kept), also of layers that stopped training (frozen);
+        empty until training starts."""
+        return {} if self.dynamic_sparsity is None else self.dynamic_sparsity.all_masks
+
+    def before_training(self, strategy: Any, **kwargs: Any) -> None:
+        """Refuse a strategy that prunes the model itself, before anything is changed."""
+        refuse_self_pruning(strategy)
 
     def before_training_exp(self, strategy: Any, **kwargs: Any) -> None:
-        """Build the masks on first use (else follow a replaced model), then expand them for the new
-        experience; enforce the masks at every step of the strategy's optimizer."""
-        if self.dynamic_sparsity is None:
-            self.dynamic_sparsity = DynamicSparsity.for_model(
-                unwrap(strategy.model), self.settings, lambda: probe_forward(strategy)
-            )
-        else:
-            self.dynamic_sparsity.bind(unwrap(strategy.model))
-        self.step_hooks.follow(strategy.optimizer)
-        iterations = minibatches_per_epoch(strategy)
-        dynamic = self.dynamic_sparsity.start_experience(
-            strategy.train_epochs, strategy.optimizer, iterations
-        )
-        if not dynamic and not self.warned_fixed_mask:
-            warnings.warn(fixed_mask_warning(strategy.train_epochs, iterations, self.settings), stacklevel=2)
-            self.warned_fixed_mask = True
+        """Note that an experience begins; its masks start with its first epoch, when the loader and the
+        optimizer are final (replay plugins replace the loader here, L2P creates its optimizer after
+        the plugins' hook)."""
+        self.starting = True
 
     def before_training_epoch(self, strategy: Any, **kwargs: Any) -> None:
-        """Zero the pruned weights: plugins may have written weights when the experience started
-        (FromScratchTrainingPlugin copies the initial ones back)."""
-        self.dynamic_sparsity.mask_weights()
+        """At the experience's first epoch, start its masks; at every epoch zero the pruned weights:
+        plugins may have written weights (FromScratchTrainingPlugin copies the initial ones back)."""
+        if self.starting:
+            self.starting = False
+            self.training = self._start_experience(strategy)
+        if self.training:
+            self.dynamic_sparsity.mask_weights()
 
     def before_training_iteration(self, strategy: Any, **kwargs: Any) -> None:
-        """Run the mask update the schedule has due at this iteration."""
+        """Hook the optimizer that steps now (a strategy may replace it); run the mask update the
+        schedule has due at this iteration."""
+        if not self.training:
+            return
+        self._follow_optimizer(strategy.optimizer)
         self.dynamic_sparsity.step(
             strategy.clock.train_exp_epochs,
             strategy.clock.train_epoch_iterations,
@@ -82,17 +106,79 @@ class TDMPlugin(SupervisedPlugin, supports_distributed=True):
 
     def before_forward(self, strategy: Any, **kwargs: Any) -> None:
         """Re-zero pruned weights a state_dict load revived (early stopping restores its best state)."""
-        self.dynamic_sparsity.mask_weights_if_written()
+        if self.training:
+            self.dynamic_sparsity.mask_weights_if_written()
 
     def after_backward(self, strategy: Any, **kwargs: Any) -> None:
         """Feed CWI with this step's gradients, before anything masks them."""
-        self.dynamic_sparsity.observe_gradients()
+        if self.training:
+            self.dynamic_sparsity.observe_gradients()
 
     def after_training_exp(self, strategy: Any, **kwargs: Any) -> None:
         """End at the target sparsity even if the experience was too short for its shrink, with the
-        pruned weights zero whatever ran last (a final early-stopping restore)."""
-        self.dynamic_sparsity.finish_experience(strategy.optimizer)
+        pruned weights zero whatever ran last (a final early-stopping restore). Nothing to do for an
+        experience that never started an epoch."""
+        self.starting = False
+        if not self.training:
+            return
+        self.training = False
+        self.dynamic_sparsity.finish_experience(self.step_hooks.optimizer)
         self.dynamic_sparsity.mask_weights()
+
+    def after_training(self, strategy: Any, **kwargs: Any) -> None:
+        """Let go of the optimizer: no hook outlives the strategy's training (an optimizer may be
+        reused by another strategy)."""
+        self.step_hooks.remove()
+        self.starting = self.training = False
+
+    def _start_experience(self, strategy: Any) -> bool:
+        """Masks for the parameters that train now, expanded for the new experience, enforced at every
+        step of the strategy's optimizer; False (one warning) for a strategy without an optimizer."""
+        optimizer = getattr(strategy, "optimizer", None)
+        if optimizer is None:
+            if not self.warned_no_optimizer:
+                warnings.warn(no_optimizer_warning(strategy), stacklevel=3)
+                self.warned_no_optimizer = True
+            return False
+        model = unwrap(strategy.model)
+        sparsities = self.layer_sparsities(strategy, model)
+        if not sparsities:
+            if self.dynamic_sparsity is not None:
+                self.dynamic_sparsity.adopt(model, {})
+            if not self.warned_nothing_trains:
+                warnings.warn(nothing_trains_warning(strategy), stacklevel=3)
+                self.warned_nothing_trains = True
+            return False
+        if self.dynamic_sparsity is None:
+            self.dynamic_sparsity = DynamicSparsity(
+                parameters_named(model, sparsities), sparsities, self.settings
+            )
+        else:
+            self.dynamic_sparsity.adopt(model, sparsities)
+        self.step_hooks.follow(optimizer)
+        iterations = minibatches_per_epoch(strategy)
+        dynamic = self.dynamic_sparsity.start_experience(strategy.train_epochs, optimizer, iterations)
+        if not dynamic and not self.warned_fixed_mask:
+            warnings.warn(fixed_mask_warning(strategy.train_epochs, iterations, self.settings), stacklevel=3)
+            self.warned_fixed_mask = True
+        return True
+
+    def layer_sparsities(self, strategy: Any, model: torch.nn.Module) -> dict[str, float]:
+        """The parameters to mask in this experience and their sparsities: those of the profile, or of
+        the default rule, that train now (a profile naming a frozen one is refused at first use)."""
+        profile = self.settings.profile
+        if profile and self.dynamic_sparsity is None:
+            return {name: profile[name] for name in resolve_profile(model, profile)}
+        if profile:
+            parameters_named(model, profile)  # all must still exist
+            return {name: profile[name] for name in trainable_parameters(model, profile)}
+        names = default_sparse_weights(model, lambda: probe_forward(strategy))
+        return dict.fromkeys(names, self.settings.sparsity)
+
+    def _follow_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        """Hook ``optimizer`` if the strategy switched to it, clearing its state of pruned weights."""
+        if self.step_hooks.follow(optimizer):
+            self.dynamic_sparsity.clear_pruned_optimizer_state(optimizer)
 
     def _mask_gradients_at_step(self) -> None:
         """Zero the gradients of pruned weights after every other plugin edited them (GEM, A-GEM),
@@ -103,6 +189,37 @@ class TDMPlugin(SupervisedPlugin, supports_distributed=True):
     def _mask_weights_at_step(self) -> None:
         """Keep pruned weights at zero across the step (see ``DynamicSparsity.after_optimizer_step``)."""
         self.dynamic_sparsity.after_optimizer_step(self.step_hooks.optimizer)
+
+
+def refuse_self_pruning(strategy: Any) -> None:
+    """PackNet prunes and freezes the model itself: two owners of one mask cannot both hold."""
+    if any(isinstance(plugin, PackNetPlugin) for plugin in strategy.plugins) or any(
+        isinstance(module, PackNetModule) for module in unwrap(strategy.model).modules()
+    ):
+        raise ValueError(
+            f"SparCL cannot be used with PackNet ({type(strategy).__name__}): PackNet prunes the model and "
+            "freezes the pruned weights itself, so two masks would own the same weights. Drop the SparCL "
+            "plugin to train PackNet, or PackNet to train with SparCL."
+        )
+
+
+def nothing_trains_warning(strategy: Any) -> str:
+    """Why a model whose only training weight layer is its classifier stays dense."""
+    return (
+        f"TDMPlugin: the only weight layer {type(strategy).__name__} trains is the classifier (the other "
+        "layers are frozen), which SparCL leaves dense, so such experiences train dense; this warning "
+        "is given once"
+    )
+
+
+def no_optimizer_warning(strategy: Any) -> str:
+    """Why a strategy without an optimizer trains dense."""
+    name = type(strategy).__name__
+    return (
+        f"TDMPlugin: {name} trains without an optimizer (no gradient steps), so there is no training "
+        "SparCL could make sparse: no mask is built and the weights are left as they are; this "
+        "warning is given once"
+    )
 
 
 def minibatches_per_epoch(strategy: Any) -> int | None:

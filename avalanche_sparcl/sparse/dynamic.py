@@ -190,7 +190,45 @@ class DynamicSparsity:
         self.experience = -1
         self.history: list[MaskUpdateRecord] = []
         self.masked_versions: list[int] = []
+        self.retired_masks: dict[str, Tensor] = {}  # masks of parameters that stopped training
         check_agreement("TDM's initial masks", self.masks)
+        self.mask_weights()
+
+    def __setstate__(self, state: dict) -> None:
+        """Checkpoints written before parameters could retire have none retired."""
+        self.__dict__.update({"retired_masks": {}, **state})
+
+    @property
+    def all_masks(self) -> dict[str, Tensor]:
+        """The masks of the parameters being trained and of those that stopped training (frozen)."""
+        return {**self.retired_masks, **self.masks}
+
+    def adopt(self, model: nn.Module, sparsities: Mapping[str, float]) -> None:
+        """Mask exactly these parameters of ``model`` from now on.
+
+        A parameter that stopped training (frozen, e.g. a progressive network's old column) keeps its
+        mask, now retired: its weights are never pruned, regrown or written again. A new one (the new
+        column) gets a magnitude mask at its sparsity, or its retired mask back if it trains again.
+        """
+        named = dict(model.named_parameters())
+        for name in [name for name in self.params if name not in sparsities]:
+            self.retired_masks[name] = self.masks.pop(name)
+            del self.params[name], self.targets[name], self.sparsities[name]
+            self.importance.forget(name)
+        for name, sparsity in sparsities.items():
+            if name in self.params:
+                continue
+            param = named[name]
+            self.params[name] = param
+            self.sparsities[name] = sparsity
+            self.targets[name] = kept_count(param.numel(), sparsity)
+            retired = self.retired_masks.pop(name, None)
+            fits = retired is not None and retired.shape == param.shape
+            self.masks[name] = (
+                retired.to(param.device) if fits else top_k_mask(param.detach().abs(), self.targets[name])
+            )
+        check_agreement("TDM's masks of the layers that train", self.masks)
+        self.bind(model)
         self.mask_weights()
 
     @classmethod
@@ -348,7 +386,8 @@ class DynamicSparsity:
     @torch.no_grad()
     def mask_weights(self) -> None:
         """Zero pruned weights, so momentum or weight decay never revive them."""
-        torch._foreach_mul_(list(self.params.values()), [self.masks[name] for name in self.params])
+        if self.params:
+            torch._foreach_mul_(list(self.params.values()), [self.masks[name] for name in self.params])
         self.masked_versions = [param._version for param in self.params.values()]
 
     def mask_weights_if_written(self) -> bool:

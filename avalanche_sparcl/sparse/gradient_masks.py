@@ -35,6 +35,12 @@ class GradientMasking:
         self.masks: dict[str, Tensor] = {}
         self.iterations = 0
 
+    def follow(self, params: Mapping[str, nn.Parameter]) -> None:
+        """Mask exactly these parameters from now on (a replaced model, layers that stopped or started
+        training); masks of the others are dropped."""
+        self.params = dict(params)
+        self.masks = {name: mask for name, mask in self.masks.items() if name in self.params}
+
     def start_experience(self) -> None:
         """Refresh at the first iteration of every experience: its data are new."""
         self.iterations = 0

@@ -118,6 +118,11 @@ class ContinualWeightImportance:
         found = tracked[slots] == positions
         return torch.where(found, total[slots], 0.0) / self.window_iterations
 
+    def forget(self, name: str) -> None:
+        """Drop what is held for a parameter that is no longer scored (it stopped training)."""
+        self.gradient_sums.pop(name, None)
+        self.tracked.pop(name, None)
+
     def reset(self) -> None:
         """Start a new window on the same positions; the sums are freed until the next accumulate
         allocates them (sized for the tracked positions)."""

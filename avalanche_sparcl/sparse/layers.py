@@ -1,11 +1,13 @@
 """Which parameters are sparse, and at what ratio.
 
 Default, the reference's rule: every convolution weight except the input layer (the first layer the
-input passes through); Linear layers, hidden ones and the classifier, stay dense. Only a model with
-no such convolution (an MLP, or a network whose only convolution is its stem) masks its hidden Linear
-layers instead: every Linear weight except the input layer and the last Linear (the classifier).
-On ``models.ResNet18`` the default is the 16 block 3x3 convolutions plus the 3 1x1 shortcut
-convolutions; the reference's own set, the block convolutions only, is
+input passes through); Linear layers, hidden ones and the classifier, stay dense. A model with no
+such convolution (an MLP such as Avalanche's ``SimpleMLP``, or a network whose only convolution is its
+stem) masks its Linear weights instead, the input layer included (in an MLP it holds most of the
+weights), all but the last Linear the input passes through (the classifier). Only parameters that
+train (``requires_grad``) are ever chosen: a frozen backbone or a progressive network's frozen
+columns are left alone. On ``models.ResNet18`` the default is the 16 block 3x3 convolutions plus the
+3 1x1 shortcut convolutions; the reference's own set, the block convolutions only, is
 ``experiments/profiles/resnet18_*.yaml``. Biases and normalisation parameters are never masked (the
 reference code froze BatchNorm biases at zero by accident). A profile in the reference's YAML format
 (``prune_ratios: {parameter_name: sparsity}``) overrides the default and alone decides the layer set.
@@ -81,9 +83,12 @@ def parameter_names(model: nn.Module) -> dict[int, str]:
 def default_sparse_weights(model: nn.Module, run_forward: Callable[[], Any]) -> list[str]:
     """Names of the weights TDM masks by default, in execution order (see the module docstring).
 
+    A ValueError for a model with no such layer at all (a single weight layer); an empty list when
+    the only candidates are frozen (CWR* trains its classifier alone): nothing that trains to mask.
+
     Convolutions hold most of a CNN's compute and the reference keeps its Linear layers dense, so
-    hidden Linear layers are masked only when no convolution past the input layer exists. In
-    data-parallel training rank 0 alone runs the forward pass and tells the other ranks the names.
+    Linear layers are masked only when no convolution past the input layer trains. In data-parallel
+    training rank 0 alone runs the forward pass and tells the other ranks the names.
     """
     return decided_on_rank0(lambda: sparse_weights_by_execution(model, run_forward))
 
@@ -91,22 +96,31 @@ def default_sparse_weights(model: nn.Module, run_forward: Callable[[], Any]) -> 
 def sparse_weights_by_execution(model: nn.Module, run_forward: Callable[[], Any]) -> list[str]:
     """``default_sparse_weights`` in one process."""
     order = execution_order(model, run_forward)
-    chosen = [module for _, module in order[1:] if isinstance(module, CONVOLUTIONS)]
+    convolutions = [module for _, module in order[1:] if isinstance(module, CONVOLUTIONS)]
+    chosen = [module for module in convolutions if module.weight.requires_grad]
     if not chosen:
-        linear_positions = [i for i, (_, module) in enumerate(order) if isinstance(module, nn.Linear)]
-        hidden = set(linear_positions[:-1]) - {0}
-        chosen = [module for i, (_, module) in enumerate(order) if i in hidden]
+        linears = [module for _, module in order if isinstance(module, nn.Linear)]
+        chosen = [module for module in linears[:-1] if module.weight.requires_grad]
     weight_names = parameter_names(model)
     names = list(dict.fromkeys(weight_names[id(module.weight)] for module in chosen))
-    if not names:
-        seen = ", ".join(name for name, _ in order) or "none"
+    frozen = any(not module.weight.requires_grad for _, module in order)
+    if not names and not frozen:
+        seen = ", ".join(
+            name + ("" if module.weight.requires_grad else " (frozen)") for name, module in order
+        )
         raise ValueError(
-            "the model has no layer SparCL can make sparse: it masks convolution weights other than "
-            "the input layer or, in a model without such a convolution, Linear weights other than the "
-            "input layer and the classifier, and the model's forward pass went through these only: "
-            f"{seen}. Pass a profile to choose layers explicitly."
+            "the model has no layer SparCL can make sparse: it masks the convolution weights that "
+            "train, other than the input layer, or, in a model without such a convolution, the Linear "
+            "weights that train, other than the classifier (the last one), and the model's forward "
+            f"pass went through these only: {seen or 'none'}. Pass a profile to choose layers explicitly."
         )
     return names
+
+
+def trainable_parameters(model: nn.Module, names: Iterable[str]) -> list[str]:
+    """The names, among ``names``, of the model's parameters that train (``requires_grad``)."""
+    params = dict(model.named_parameters())
+    return [name for name in names if name in params and params[name].requires_grad]
 
 
 def load_profile(profile: ProfileLike) -> dict[str, float]:
@@ -164,4 +178,10 @@ def resolve_profile(model: nn.Module, ratios: Mapping[str, float]) -> dict[str, 
     if unknown:
         listed = "; ".join(repr(name) + close_matches_hint(name, params) for name in unknown)
         raise ValueError(f"profile names parameters the model does not have: {listed}")
+    frozen = [name for name in ratios if not params[name].requires_grad]
+    if frozen:
+        raise ValueError(
+            f"profile names parameters that do not train (requires_grad=False): {', '.join(frozen)}; "
+            "SparCL masks only weights the optimizer updates"
+        )
     return {name: params[name] for name in ratios}

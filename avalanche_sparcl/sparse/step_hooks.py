@@ -28,15 +28,16 @@ class OptimizerStepHooks:
         self.optimizer: torch.optim.Optimizer | None = None
         self.handles: list[Any] = []
 
-    def follow(self, optimizer: torch.optim.Optimizer) -> None:
-        """Hook ``optimizer`` (unhooking the previous one)."""
+    def follow(self, optimizer: torch.optim.Optimizer) -> bool:
+        """Hook ``optimizer`` (unhooking the previous one); returns whether it was not hooked yet."""
         if optimizer is self.optimizer:
-            return
+            return False
         self.remove()
         self.optimizer = optimizer
         self.handles.append(optimizer.register_step_pre_hook(self._run_before_step))
         if self.after_step is not None:
             self.handles.append(optimizer.register_step_post_hook(self._run_after_step))
+        return True
 
     def remove(self) -> None:
         """Unhook the optimizer."""
