@@ -103,7 +103,8 @@ EXPECTED_DIFFERENCES: dict[str, tuple[tuple[str, ...], str, str]] = {
         RECORDED_NUMBERS + ": the learning-rate timeline of ReduceLROnPlateau, which follows the "
         "losses of a dense reference run",
     ),
-    "tests.training.test_supervised_regression.TestStrategyReproducibility::test_reproduce_old_base_strategy": (
+    "tests.training.test_supervised_regression.TestStrategyReproducibility::"
+    "test_reproduce_old_base_strategy": (
         ("sparcl", "tdm"),
         "Not equal to tolerance",
         RECORDED_NUMBERS + ": the outputs of a dense Naive model, compared to 1e-7",
@@ -133,7 +134,9 @@ def installed_tests() -> Path:
 
     folder = Path(avalanche.__file__).resolve().parent.parent / "tests"
     if not (folder / "training").is_dir():
-        sys.exit(f"make compat: avalanche-lib's own tests are not installed next to it ({folder} has no training/)")
+        sys.exit(
+            f"make compat: avalanche-lib's own tests are not installed next to it ({folder} has no training/)"
+        )
     return folder
 
 
@@ -161,7 +164,9 @@ def run_mode(mode: str, workdir: Path, results: Path) -> float:
     ]
     started = time.monotonic()
     with open(results.with_suffix(".log"), "w") as log:
-        subprocess.run(command, cwd=workdir, env=environment, stdout=log, stderr=subprocess.STDOUT, check=False)
+        subprocess.run(
+            command, cwd=workdir, env=environment, stdout=log, stderr=subprocess.STDOUT, check=False
+        )
     return time.monotonic() - started
 
 
@@ -197,7 +202,9 @@ def explain(test_id: str, mode: str, outcome: Outcome) -> str | None:
     return reason
 
 
-def write_report(results: dict[str, dict[str, Outcome]], seconds: dict[str, float], output: Path) -> list[str]:
+def write_report(
+    results: dict[str, dict[str, Outcome]], seconds: dict[str, float], output: Path
+) -> list[str]:
     """docs/compatibility.md; returns the unexplained regressions."""
     import avalanche
     import torch
@@ -228,11 +235,19 @@ def write_report(results: dict[str, dict[str, Outcome]], seconds: dict[str, floa
         for outcome in results[mode].values():
             counts[mode][outcome.status] += 1
     passing = [test_id for test_id, outcome in plain.items() if outcome.status == "passed"]
-    lines += ["## Summary", "", "| | passed | failed | skipped | of the tests passing as shipped, failing |", "|---|---|---|---|---|"]
+    lines += [
+        "## Summary",
+        "",
+        "| | passed | failed | skipped | of the tests passing as shipped, failing |",
+        "|---|---|---|---|---|",
+    ]
     for mode in MODES:
-        lost = sum(1 for test_id in passing if results[mode].get(test_id, Outcome("failed")).status != "passed")
+        lost = sum(
+            1 for test_id in passing if results[mode].get(test_id, Outcome("failed")).status != "passed"
+        )
         lines.append(
-            f"| {mode} | {counts[mode]['passed']} | {counts[mode]['failed']} | {counts[mode]['skipped']} | {lost} |"
+            f"| {mode} | {counts[mode]['passed']} | {counts[mode]['failed']} "
+            f"| {counts[mode]['skipped']} | {lost} |"
         )
     lines += ["", "## Differences from the run as shipped", ""]
     differences = []
@@ -268,7 +283,9 @@ def write_report(results: dict[str, dict[str, Outcome]], seconds: dict[str, floa
     return unexplained
 
 
-def update_readme(counts: dict[str, dict[str, int]], passing: list[str], results: dict[str, dict[str, Outcome]]) -> None:
+def update_readme(
+    counts: dict[str, dict[str, int]], passing: list[str], results: dict[str, dict[str, Outcome]]
+) -> None:
     """Rewrite the README's compatibility summary between its markers."""
     readme = REPO / "README.md"
     text = readme.read_text()
@@ -276,14 +293,17 @@ def update_readme(counts: dict[str, dict[str, int]], passing: list[str], results
         return
     rows = ["| run | tests passing as shipped that pass |", "|---|---|"]
     for mode in ("sparcl", "tdm"):
-        kept = sum(1 for test_id in passing if results[mode].get(test_id, Outcome("failed")).status == "passed")
+        kept = sum(
+            1 for test_id in passing if results[mode].get(test_id, Outcome("failed")).status == "passed"
+        )
         rows.append(f"| {MODES[mode]} | {kept} of {len(passing)} |")
     summary = "\n".join(
         [
             README_BEGIN,
             *rows,
             "",
-            "Each test that does not pass is listed in [docs/compatibility.md](docs/compatibility.md) with its "
+            "Each test that does not pass is listed in [docs/compatibility.md](docs/compatibility.md) "
+            "with its "
             "reason: a refusal before the first step for a combination that cannot work, or a test that "
             "asserts numbers recorded from dense training.",
             README_END,
@@ -306,7 +326,8 @@ def main() -> int:
             xml = workdir / f"{mode}.xml"
             seconds[mode] = run_mode(mode, workdir, xml)
             results[mode] = read_results(xml)
-            print(f"{mode}: {sum(o.status == 'passed' for o in results[mode].values())} passed in {seconds[mode]:.0f} s")
+            passed = sum(outcome.status == "passed" for outcome in results[mode].values())
+            print(f"{mode}: {passed} passed in {seconds[mode]:.0f} s")
     unexplained = write_report(results, seconds, args.output)
     print(f"wrote {args.output}")
     for line in unexplained:

@@ -4,9 +4,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
-
 from avalanche.models import SimpleMLP
+from torch import nn
 
 from avalanche_sparcl.models import ResNet18, SmallCNN
 from avalanche_sparcl.sparse.layers import default_sparse_weights, load_profile, resolve_profile
