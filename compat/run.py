@@ -87,6 +87,12 @@ EXPECTED_DIFFERENCES: dict[str, tuple[tuple[str, ...], str, str]] = {
         "sparse but the classifier); with DDR, iCaRL is refused too (it trains on the experience joined "
         "with its exemplars)",
     ),
+    "tests.models.test_models.DynamicModelsTests::test_multihead_head_selection": (
+        ("sparcl", "tdm"),
+        "the model has no layer SparCL can make sparse",
+        "refused before the first step: the test's model is a MultiHeadClassifier alone, one weight layer "
+        "per task (the classifier), nothing to make sparse",
+    ),
     "tests.models.test_packnet.TestPackNet::test_PackNet_sgd": (
         ("sparcl", "tdm"),
         "SparCL cannot be used with PackNet",
