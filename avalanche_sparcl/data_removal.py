@@ -21,9 +21,8 @@ Removal also needs steps: a stage trades the removed examples' steps for the net
 in an experience of few optimizer steps the network is still learning the "easy" examples when they
 go. An experience of fewer than ``min_experience_steps`` optimizer steps (default 64; epochs times
 minibatches per epoch when it starts) and fewer than ``FULL_SCHEDULE_EPOCHS`` (10) epochs removes
-nothing. On Split Digits at 5 epochs (45 steps per experience) the short-schedule rules (all data
-kept, TDM's updates an epoch apart) raised SparCL-DER++ 0.75 from 94.2 to 96.1 Class-IL; the paper
-setting (50 epochs, thousands of steps) is never affected.
+nothing (the measured effect is in docs/results.md, "Short schedules"); the paper setting (50
+epochs, thousands of steps) is never affected.
 
 DDR never removes the last example of a class: the hardest kept example of each class it has observed
 (by the label seen in ``observe``) stays, so any ``removal_ratio`` in [0, 1) trains on every class of
