@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from avalanche.training.determinism.rng_manager import RNGManager
 
-MAX_SEED = 2**32 - 1
-"""NumPy's limit: seeds must lie in [0, 2**32 - 1]."""
+from avalanche_sparcl.validation import MAX_SEED
+
+__all__ = ["MAX_SEED", "seed_everything"]
 
 
 def seed_everything(seed: int) -> int:

@@ -15,7 +15,9 @@ from typing import Any
 
 import yaml
 
-from avalanche_sparcl.reproducibility import MAX_SEED
+MAX_SEED = 2**32 - 1
+"""NumPy's limit: seeds must lie in [0, 2**32 - 1]."""
+
 
 
 def is_real(value: Any) -> bool:

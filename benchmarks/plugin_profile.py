@@ -102,7 +102,8 @@ def wrap_per_step_calls(
         for hook in PER_STEP_HOOKS:
             if getattr(type(part), hook) is not getattr(SupervisedPlugin, hook):
                 setattr(part, hook, wrap(getattr(part, hook), part, hook))
-        hooks = getattr(part, "step_hooks", None)
+        engine = getattr(part, "engine", None)
+        hooks = getattr(engine, "step_hooks", None)
         if hooks is not None:
             hooks.before_step = wrap(hooks.before_step, part, "before step")
             if hooks.after_step is not None:

@@ -124,7 +124,7 @@ def final_state(strategy: Any) -> dict[str, Any]:
         "ddr_history": [dataclasses.asdict(record) for record in sparcl.ddr.stage_counts],
         "ddr_kept_positions": sparcl.ddr.removal.kept_positions,
         "ddr_statistics": dict(vars(sparcl.ddr.removal.statistics)),
-        "dgm_iterations": (sparcl.dgm.gradient_masking.iterations, sparcl.dgm.seen_mask_updates),
+        "dgm_iterations": (sparcl.dgm.gradient_masking.iterations, sparcl.tdm.engine.seen_mask_updates),
         "flops": dataclasses.asdict(flops_metric(strategy).breakdown()),
         "buffer_logits": torch.stack(list(strategy.storage_policy.buffer.logits)),
         "buffer_targets": list(strategy.storage_policy.buffer.targets),

@@ -105,7 +105,7 @@ def test_every_plugin_state_round_trips_and_stays_connected(tmp_path):
     assert differences(before, final_state(resumed)) == []
     sparcl = sparcl_plugin(resumed)
     parameters = dict(resumed.model.named_parameters())
-    assert sparcl.dgm.tdm is sparcl.tdm
+    assert sparcl.tdm.engine.gradient_masking is sparcl.dgm.gradient_masking
     assert all(param is parameters[name] for name, param in sparcl.tdm.dynamic_sparsity.params.items())
     assert all(param is parameters[name] for name, param in sparcl.dgm.gradient_masking.params.items())
     assert resumed.optimizer.param_groups[0]["params"] == list(resumed.model.parameters())

@@ -126,17 +126,23 @@ def test_importance_reads_gradients_before_dgm_masks_them(digits_benchmark):
 @pytest.mark.parametrize(
     ("options", "parts"),
     [
-        ({}, ["DDRPlugin", "TDMPlugin", "DGMPlugin"]),
+        # with TDM on, TDM's engine applies DGM's gradient masks: DGM is no hooked part of its own
+        ({}, ["DDRPlugin", "TDMPlugin"]),
         ({"sparsity": 0}, ["DDRPlugin", "DGMPlugin"]),
-        ({"removal_ratio": 0}, ["TDMPlugin", "DGMPlugin"]),
+        ({"removal_ratio": 0}, ["TDMPlugin"]),
         ({"gradient_sparsity": 0}, ["DDRPlugin", "TDMPlugin"]),
-        ({"masked_head": True}, ["DDRPlugin", "MaskedHeadPlugin", "TDMPlugin", "DGMPlugin"]),
+        ({"masked_head": True}, ["DDRPlugin", "MaskedHeadPlugin", "TDMPlugin"]),
         ({"sparsity": 0, "removal_ratio": 0, "gradient_sparsity": 0}, []),
     ],
 )
 def test_each_part_switches_off_and_the_order_is_fixed(options, parts):
     sparcl = SparCLPlugin(**options)
     assert [type(part).__name__ for part in sparcl.parts] == parts
+    with_gradient_masks = sparcl.dgm is not None and sparcl.tdm is not None
+    gradient_masking = sparcl.tdm.engine.gradient_masking if sparcl.tdm is not None else None
+    assert (gradient_masking is not None) == with_gradient_masks
+    if with_gradient_masks:
+        assert gradient_masking is sparcl.dgm.gradient_masking
 
 
 def test_dense_sparcl_with_dgm_masks_gradients_of_the_default_layers(digits_benchmark):

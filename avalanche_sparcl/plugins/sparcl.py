@@ -66,11 +66,15 @@ class SparCLPlugin(SupervisedPlugin, supports_distributed=True):
         self.ddr = ddr if ddr.settings.removal_ratio != 0 else None
         dgm = DGMPlugin(gradient_sparsity, **dgm_options)
         self.dgm = dgm if dgm.gradient_sparsity != 0 else None
-        if self.dgm is not None:
-            self.dgm.tdm = self.tdm
+        # with TDM on, TDM's engine applies DGM's gradient masks at its optimizer steps; DGM's plugin
+        # then has nothing left to do and is not a part
+        dgm_alone = self.dgm
+        if self.dgm is not None and self.tdm is not None:
+            self.dgm.hand_to(self.tdm)
+            dgm_alone = None
         head = MaskedHeadPlugin() if masked_head else None
         self.parts: list[SupervisedPlugin] = [
-            part for part in (self.ddr, head, self.tdm, self.dgm) if part is not None
+            part for part in (self.ddr, head, self.tdm, dgm_alone) if part is not None
         ]
 
     @classmethod

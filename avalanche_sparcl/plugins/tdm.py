@@ -13,13 +13,14 @@ from avalanche.models.packnet import PackNetModule, PackNetPlugin
 from avalanche_sparcl.distributed import unwrap
 from avalanche_sparcl.plugins.probe import probe_forward
 from avalanche_sparcl.sparse.dynamic import DynamicSparsity, TDMSettings
+from avalanche_sparcl.sparse.gradient_masks import GradientMasking
 from avalanche_sparcl.sparse.layers import (
     default_sparse_weights,
     parameters_named,
     resolve_profile,
     trainable_parameters,
 )
-from avalanche_sparcl.sparse.step_hooks import OptimizerStepHooks
+from avalanche_sparcl.sparse.training import SparseTraining
 from avalanche_sparcl.validation import reject_unknown_options
 
 
@@ -45,9 +46,7 @@ class TDMPlugin(SupervisedPlugin, supports_distributed=True):
         accepted = {f.name for f in dataclasses.fields(TDMSettings)}
         reject_unknown_options("TDMPlugin", set(options) - accepted, accepted)
         self.settings = TDMSettings(sparsity=sparsity, **options)
-        self.dynamic_sparsity: DynamicSparsity | None = None
-        self.step_hooks = OptimizerStepHooks(self._mask_gradients_at_step, self._mask_weights_at_step)
-        self.gradients_masked_by_dgm = False  # set by a DGMPlugin working on these masks
+        self.engine = SparseTraining()  # owns the masks and the optimizer step hooks
         self.warned_fixed_mask = False  # the fixed-mask warning is given once
         self.warned_no_optimizer = False
         self.warned_nothing_trains = False
@@ -55,7 +54,13 @@ class TDMPlugin(SupervisedPlugin, supports_distributed=True):
         self.training = False  # an experience is being trained with the masks
 
     def __setstate__(self, state: dict) -> None:
-        """Checkpoints written before the lazy start train on (the next experience starts afresh)."""
+        """Checkpoints written before the lazy start train on (the next experience starts afresh);
+        those written before the engine owned the step hooks get one around their masks."""
+        if "engine" not in state:
+            state = dict(state)
+            state["engine"] = SparseTraining(state.pop("dynamic_sparsity", None))
+            state.pop("step_hooks", None)
+            state.pop("gradients_masked_by_dgm", None)
         self.__dict__.update(
             {
                 "warned_no_optimizer": False,
@@ -70,7 +75,16 @@ class TDMPlugin(SupervisedPlugin, supports_distributed=True):
     def masks(self) -> dict[str, torch.Tensor]:
         """Parameter name -> bool mask (True = kept), also of layers that stopped training (frozen);
         empty until training starts."""
-        return {} if self.dynamic_sparsity is None else self.dynamic_sparsity.all_masks
+        return self.engine.masks
+
+    @property
+    def dynamic_sparsity(self) -> DynamicSparsity | None:
+        """TDM's engine: masks, importance and schedule (None until training starts)."""
+        return self.engine.dynamic_sparsity
+
+    def use_gradient_masking(self, gradient_masking: GradientMasking) -> None:
+        """Let DGM's gradient masks be applied at this plugin's optimizer steps, on its layers."""
+        self.engine.gradient_masking = gradient_masking
 
     def before_training(self, strategy: Any, **kwargs: Any) -> None:
         """Refuse a strategy that prunes the model itself, before anything is changed."""
@@ -96,12 +110,9 @@ class TDMPlugin(SupervisedPlugin, supports_distributed=True):
         schedule has due at this iteration."""
         if not self.training:
             return
-        self._follow_optimizer(strategy.optimizer)
-        self.dynamic_sparsity.step(
-            strategy.clock.train_exp_epochs,
-            strategy.clock.train_epoch_iterations,
-            len(strategy.dataloader),
-            strategy.optimizer,
+        self.engine.follow(strategy.optimizer)
+        self.engine.before_iteration(
+            strategy.clock.train_exp_epochs, strategy.clock.train_epoch_iterations, len(strategy.dataloader)
         )
 
     def before_forward(self, strategy: Any, **kwargs: Any) -> None:
@@ -112,7 +123,7 @@ class TDMPlugin(SupervisedPlugin, supports_distributed=True):
     def after_backward(self, strategy: Any, **kwargs: Any) -> None:
         """Feed CWI with this step's gradients, before anything masks them."""
         if self.training:
-            self.dynamic_sparsity.observe_gradients()
+            self.engine.after_backward()
 
     def after_training_exp(self, strategy: Any, **kwargs: Any) -> None:
         """End at the target sparsity even if the experience was too short for its shrink, with the
@@ -122,13 +133,12 @@ class TDMPlugin(SupervisedPlugin, supports_distributed=True):
         if not self.training:
             return
         self.training = False
-        self.dynamic_sparsity.finish_experience(self.step_hooks.optimizer)
-        self.dynamic_sparsity.mask_weights()
+        self.engine.finish_experience()
 
     def after_training(self, strategy: Any, **kwargs: Any) -> None:
         """Let go of the optimizer: no hook outlives the strategy's training (an optimizer may be
         reused by another strategy)."""
-        self.step_hooks.remove()
+        self.engine.close()
         self.starting = self.training = False
 
     def _start_experience(self, strategy: Any) -> bool:
@@ -150,14 +160,14 @@ class TDMPlugin(SupervisedPlugin, supports_distributed=True):
                 self.warned_nothing_trains = True
             return False
         if self.dynamic_sparsity is None:
-            self.dynamic_sparsity = DynamicSparsity(
+            self.engine.dynamic_sparsity = DynamicSparsity(
                 parameters_named(model, sparsities), sparsities, self.settings
             )
         else:
             self.dynamic_sparsity.adopt(model, sparsities)
-        self.step_hooks.follow(optimizer)
+        self.engine.follow(optimizer)
         iterations = minibatches_per_epoch(strategy)
-        dynamic = self.dynamic_sparsity.start_experience(strategy.train_epochs, optimizer, iterations)
+        dynamic = self.engine.start_experience(strategy.train_epochs, iterations)
         if not dynamic and not self.warned_fixed_mask:
             warnings.warn(fixed_mask_warning(strategy.train_epochs, iterations, self.settings), stacklevel=3)
             self.warned_fixed_mask = True
@@ -174,21 +184,6 @@ class TDMPlugin(SupervisedPlugin, supports_distributed=True):
             return {name: profile[name] for name in trainable_parameters(model, profile)}
         names = default_sparse_weights(model, lambda: probe_forward(strategy))
         return dict.fromkeys(names, self.settings.sparsity)
-
-    def _follow_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
-        """Hook ``optimizer`` if the strategy switched to it, clearing its state of pruned weights."""
-        if self.step_hooks.follow(optimizer):
-            self.dynamic_sparsity.clear_pruned_optimizer_state(optimizer)
-
-    def _mask_gradients_at_step(self) -> None:
-        """Zero the gradients of pruned weights after every other plugin edited them (GEM, A-GEM),
-        unless DGM masks them (its mask is a subset of the weight mask: one multiplication, not two)."""
-        if not self.gradients_masked_by_dgm:
-            self.dynamic_sparsity.mask_gradients()
-
-    def _mask_weights_at_step(self) -> None:
-        """Keep pruned weights at zero across the step (see ``DynamicSparsity.after_optimizer_step``)."""
-        self.dynamic_sparsity.after_optimizer_step(self.step_hooks.optimizer)
 
 
 def refuse_self_pruning(strategy: Any) -> None:
