@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from avalanche.training.plugins import EvaluationPlugin
 
 from avalanche_sparcl.benchmarks import split_digits, tensor_benchmark
 
@@ -12,6 +13,11 @@ from avalanche_sparcl.benchmarks import split_digits, tensor_benchmark
 TDM_RULES_OFF = {"min_update_steps": 0}
 DDR_RULES_OFF = {"min_experience_steps": 0}
 RULES_OFF = {**TDM_RULES_OFF, **DDR_RULES_OFF}  # both, for SparCLPlugin
+
+
+def quiet_evaluator(*metrics):
+    """Avalanche's evaluation plugin with ``metrics`` (none by default) and no loggers."""
+    return EvaluationPlugin(*metrics, loggers=[])
 
 
 @pytest.fixture(scope="session")

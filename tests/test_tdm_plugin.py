@@ -5,17 +5,13 @@ import torch
 from avalanche.core import SupervisedPlugin
 from avalanche.models import SlimResNet18
 from avalanche.training import DER, ER_ACE, Naive, Replay
-from avalanche.training.plugins import EvaluationPlugin, ReplayPlugin
-from conftest import TDM_RULES_OFF, make_tensor_benchmark
+from avalanche.training.plugins import ReplayPlugin
+from conftest import TDM_RULES_OFF, make_tensor_benchmark, quiet_evaluator
 from torch import nn
 
 from avalanche_sparcl import TDMPlugin
 from avalanche_sparcl.models import SmallCNN
 from avalanche_sparcl.sparse.masks import kept_count
-
-
-def quiet_evaluator():
-    return EvaluationPlugin(loggers=[])
 
 
 def sgd(model, **options):
