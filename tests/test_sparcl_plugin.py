@@ -323,3 +323,21 @@ def test_sparcl_on_cuda_keeps_every_mask_on_the_device(strategy_name, digits_ben
     for index, experience in enumerate(digits_benchmark.train_stream[:2]):
         n = len(experience.dataset)
         assert abs(seen.counts[(index, 4)] - (n - round(0.3 * n))) <= 1
+
+
+def test_every_hook_a_part_overrides_is_forwarded_by_sparcl_plugin():
+    """SparCLPlugin writes its hooks out; a part gaining a hook must gain its forwarder too."""
+    from avalanche.core import SupervisedPlugin
+
+    from avalanche_sparcl import DDRPlugin, DGMPlugin, MaskedHeadPlugin, TDMPlugin
+
+    hooks = [name for name in dir(SupervisedPlugin) if name.startswith(("before_", "after_"))]
+    overridden = {
+        hook
+        for part in (DDRPlugin, DGMPlugin, MaskedHeadPlugin, TDMPlugin)
+        for hook in hooks
+        if getattr(part, hook) is not getattr(SupervisedPlugin, hook)
+    }
+    forwarded = {hook for hook in hooks if getattr(SparCLPlugin, hook) is not getattr(SupervisedPlugin, hook)}
+    assert forwarded == overridden
+    assert len(forwarded) == 10

@@ -11,6 +11,7 @@ from avalanche.core import SupervisedPlugin
 from torch import Tensor
 
 from avalanche_sparcl.logits import kept_columns
+from avalanche_sparcl.plugins.composition import replays_current_examples
 
 
 class MaskedHeadPlugin(SupervisedPlugin, supports_distributed=True):
@@ -23,6 +24,8 @@ class MaskedHeadPlugin(SupervisedPlugin, supports_distributed=True):
     replays current-experience examples, as in the reference.
     """
 
+    rewrites_logits = True  # see plugins.composition
+
     def __init__(self) -> None:
         super().__init__()
         self.loader_rows = 0
@@ -31,9 +34,7 @@ class MaskedHeadPlugin(SupervisedPlugin, supports_distributed=True):
 
     def before_training(self, strategy: Any, **kwargs: Any) -> None:
         """Warn when no buffer replays current examples: the newest classes would never compete."""
-        from avalanche_sparcl.plugins.reservoir import ReservoirReplayPlugin
-
-        if not any(isinstance(plugin, ReservoirReplayPlugin) for plugin in strategy.plugins):
+        if not replays_current_examples(strategy.plugins):
             warnings.warn(
                 "masked head without ReservoirReplayPlugin: Avalanche's own buffers hold only earlier "
                 "experiences, so the current classes never compete with the old ones in any loss term "

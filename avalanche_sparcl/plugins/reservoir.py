@@ -22,7 +22,7 @@ from avalanche.core import SupervisedPlugin
 from avalanche.training import DER, ER_ACE
 from avalanche.training.plugins import ReplayPlugin
 
-from avalanche_sparcl.plugins.masked_head import MaskedHeadPlugin
+from avalanche_sparcl.plugins.composition import first_logit_rewriter_before
 from avalanche_sparcl.reservoir import ReservoirBuffer
 from avalanche_sparcl.validation import check_positive_int, check_seed
 
@@ -62,6 +62,8 @@ class ReservoirReplayPlugin(SupervisedPlugin):
     ``seed`` drives reservoir sampling and the replay draws. With DER it must come before any
     masked-head plugin in ``plugins``, so the logits it stores are the model's raw outputs.
     """
+
+    replays_current_examples = True  # see plugins.composition
 
     def __init__(self, mem_size: int = 200, batch_size_mem: int | None = None, seed: int = 0):
         super().__init__()
@@ -146,10 +148,9 @@ class ReservoirReplayPlugin(SupervisedPlugin):
 
 def refuse_masked_head_before(plugin: ReservoirReplayPlugin, plugins: list[Any]) -> None:
     """DER++ stores logits from ``after_forward``; a masked head that ran first would store -inf."""
-    for other in plugins[: plugins.index(plugin)]:
-        parts = getattr(other, "parts", [other])
-        if any(isinstance(part, MaskedHeadPlugin) for part in parts):
-            raise ValueError(
-                f"ReservoirReplayPlugin must come before {type(other).__name__} in plugins: with DER it "
-                "stores the model's raw logits, which the masked head replaces"
-            )
+    other = first_logit_rewriter_before(plugin, plugins)
+    if other is not None:
+        raise ValueError(
+            f"ReservoirReplayPlugin must come before {type(other).__name__} in plugins: with DER it "
+            "stores the model's raw logits, which the masked head replaces"
+        )

@@ -100,16 +100,47 @@ class SparCLPlugin(SupervisedPlugin, supports_distributed=True):
         """DGM's gradient masks (empty when DGM is off)."""
         return {} if self.dgm is None else self.dgm.gradient_masks
 
-
-def _call_parts(hook: str) -> Any:
-    def call(self: SparCLPlugin, strategy: Any, **kwargs: Any) -> None:
+    def _run_parts(self, hook: str, strategy: Any, kwargs: dict[str, Any]) -> None:
+        """Run each part's ``hook`` in the fixed order (parts that do not override it do nothing)."""
         for part in self.parts:
             getattr(part, hook)(strategy, **kwargs)
 
-    call.__name__ = hook
-    call.__doc__ = f"Run each part's ``{hook}`` in the fixed order."
-    return call
+    def before_training(self, strategy: Any, **kwargs: Any) -> None:
+        """Refusals first (DDR's), before anything is changed."""
+        self._run_parts("before_training", strategy, kwargs)
 
+    def after_train_dataset_adaptation(self, strategy: Any, **kwargs: Any) -> None:
+        """DDR tags the experience's examples for the loaders built next."""
+        self._run_parts("after_train_dataset_adaptation", strategy, kwargs)
 
-for _hook in [name for name in dir(SupervisedPlugin) if name.startswith(("before_", "after_"))]:
-    setattr(SparCLPlugin, _hook, _call_parts(_hook))
+    def before_training_exp(self, strategy: Any, **kwargs: Any) -> None:
+        """Each part notes that an experience begins."""
+        self._run_parts("before_training_exp", strategy, kwargs)
+
+    def before_training_epoch(self, strategy: Any, **kwargs: Any) -> None:
+        """DDR's loader check and removal stages, then TDM's masks start or are re-applied."""
+        self._run_parts("before_training_epoch", strategy, kwargs)
+
+    def before_training_iteration(self, strategy: Any, **kwargs: Any) -> None:
+        """The masked head counts rows; TDM follows the optimizer and updates its masks."""
+        self._run_parts("before_training_iteration", strategy, kwargs)
+
+    def before_forward(self, strategy: Any, **kwargs: Any) -> None:
+        """TDM re-zeroes pruned weights that a state_dict load revived."""
+        self._run_parts("before_forward", strategy, kwargs)
+
+    def after_forward(self, strategy: Any, **kwargs: Any) -> None:
+        """DDR scores the raw logits, then the masked head replaces them."""
+        self._run_parts("after_forward", strategy, kwargs)
+
+    def after_backward(self, strategy: Any, **kwargs: Any) -> None:
+        """TDM's importance reads the gradients before anything masks them."""
+        self._run_parts("after_backward", strategy, kwargs)
+
+    def after_training_exp(self, strategy: Any, **kwargs: Any) -> None:
+        """Each part ends the experience (TDM at its target sparsity)."""
+        self._run_parts("after_training_exp", strategy, kwargs)
+
+    def after_training(self, strategy: Any, **kwargs: Any) -> None:
+        """Every optimizer hook is removed: nothing outlives training."""
+        self._run_parts("after_training", strategy, kwargs)

@@ -1,0 +1,42 @@
+"""How SparCL's plugins compose with each other and with the strategy's other plugins, in one place.
+
+Plugins declare what they do as class attributes, and the rules read those declarations, not class
+names, so no plugin module imports another to check an order:
+
+- ``rewrites_logits``: replaces ``strategy.mb_output`` in ``after_forward`` (the masked head);
+- ``replays_current_examples``: a buffer filled at every step, which replays the experience being
+  trained (the reservoir); its storage policy says ``fills_every_step`` to DDR, which then leaves it
+  out of the buffers to narrow (it only ever sees minibatches trained on).
+
+``SparCLPlugin`` runs its parts in the fixed order DDR, masked head, TDM (with DGM's gradient masks at
+its optimizer step), DGM alone; a standalone ``DGMPlugin`` hands its masks to a ``TDMPlugin`` listed
+before it (``plugins.dgm.preceding_tdm``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+
+def parts_of(plugin: Any) -> list[Any]:
+    """A plugin's parts (``SparCLPlugin``'s), or the plugin itself."""
+    return list(getattr(plugin, "parts", [plugin]))
+
+
+def declares(plugin: Any, capability: str) -> bool:
+    """Whether the plugin, or one of its parts, declares ``capability``."""
+    return any(getattr(part, capability, False) for part in parts_of(plugin))
+
+
+def replays_current_examples(plugins: Iterable[Any]) -> bool:
+    """Whether some plugin replays the experience being trained while it trains."""
+    return any(declares(plugin, "replays_current_examples") for plugin in plugins)
+
+
+def first_logit_rewriter_before(plugin: Any, plugins: list[Any]) -> Any | None:
+    """The first plugin listed before ``plugin`` that rewrites the logits, if any."""
+    for other in plugins[: plugins.index(plugin)]:
+        if declares(other, "rewrites_logits"):
+            return other
+    return None
