@@ -37,14 +37,13 @@ from avalanche.training import (
 from avalanche.training.determinism.rng_manager import RNGManager
 from avalanche.training.plugins import (
     EarlyStoppingPlugin,
-    EvaluationPlugin,
     FromScratchTrainingPlugin,
     LRSchedulerPlugin,
     RARPlugin,
     ReplayPlugin,
     RWalkPlugin,
 )
-from conftest import RULES_OFF, TDM_RULES_OFF
+from conftest import RULES_OFF, TDM_RULES_OFF, quiet_evaluator
 from torch import nn
 
 from avalanche_sparcl import SparCLPlugin
@@ -88,10 +87,6 @@ class InvariantAudit(SupervisedPlugin):
             revived = int((params[name].detach()[~mask] != 0).sum())
             assert revived == 0, f"{where}: {revived} pruned weights of {name} are non-zero"
         self.checks[where] += 1
-
-
-def quiet_evaluator(*metrics):
-    return EvaluationPlugin(*metrics, loggers=[])
 
 
 def sgd(model):
