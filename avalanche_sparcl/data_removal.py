@@ -51,7 +51,7 @@ from avalanche_sparcl.distributed import (
     sum_across_ranks,
     world_size,
 )
-from avalanche_sparcl.validation import check_fraction, check_non_negative_int, check_positive_int
+from avalanche_sparcl.settings import check_options, default, options_of
 
 UNKNOWN_LABEL = -1
 """Label recorded for an example DDR has not observed yet."""
@@ -60,7 +60,7 @@ MIN_WINDOW_EPOCHS = 2
 """Fewest epochs a removal window spans: a forgetting event needs two observations of an example,
 and each example is observed once per epoch."""
 
-DEFAULT_MIN_EXPERIENCE_STEPS = 64
+DEFAULT_MIN_EXPERIENCE_STEPS = default("min_experience_steps")
 """Fewest optimizer steps an experience needs for DDR to remove any of its data (module docstring)."""
 
 FULL_SCHEDULE_EPOCHS = 10
@@ -76,18 +76,15 @@ class DDRSettings:
     most: the hardest example of each class is always kept (see the module docstring).
     """
 
-    removal_ratio: float = 0.3
-    stages: int = 4
-    cutoff: float = 0.4
-    min_experience_steps: int = DEFAULT_MIN_EXPERIENCE_STEPS
+    removal_ratio: float = default("removal_ratio")
+    stages: int = default("stages")
+    cutoff: float = default("cutoff")
+    min_experience_steps: int = default("min_experience_steps")
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "removal_ratio", check_fraction("removal_ratio", self.removal_ratio))
-        object.__setattr__(self, "stages", check_positive_int("stages", self.stages))
-        cutoff = check_fraction("cutoff", self.cutoff, include_low=False, include_high=True)
-        object.__setattr__(self, "cutoff", cutoff)
-        steps = check_non_negative_int("min_experience_steps", self.min_experience_steps)
-        object.__setattr__(self, "min_experience_steps", steps)
+        names = options_of("ddr")
+        for name, value in check_options({name: getattr(self, name) for name in names}).items():
+            object.__setattr__(self, name, value)
 
 
 @dataclass(frozen=True)

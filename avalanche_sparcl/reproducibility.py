@@ -10,14 +10,13 @@ from __future__ import annotations
 
 from avalanche.training.determinism.rng_manager import RNGManager
 
-from avalanche_sparcl.validation import MAX_SEED
+from avalanche_sparcl.validation import MAX_SEED, check_seed
 
 __all__ = ["MAX_SEED", "seed_everything"]
 
 
 def seed_everything(seed: int) -> int:
     """Seed torch (CPU and CUDA), NumPy and Python's ``random`` with ``seed``; returns it."""
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
-        raise ValueError(f"seed must be an integer in [0, {MAX_SEED}], got {seed!r}")
+    seed = check_seed("seed", seed)
     RNGManager.set_random_seeds(seed)
     return seed

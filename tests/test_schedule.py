@@ -4,12 +4,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from avalanche_sparcl.sparse.schedule import (
-    MIN_UPDATE_EVERY,
-    ExperienceSchedule,
-    MaskUpdateKind,
-    mask_updates,
-)
+from avalanche_sparcl.settings import MIN_UPDATE_EVERY
+from avalanche_sparcl.sparse.schedule import ExperienceSchedule, MaskUpdateKind, mask_updates
 
 
 def test_paper_setting_updates_every_5_epochs_until_45():

@@ -38,16 +38,13 @@ from avalanche_sparcl.benchmarks import (
 from avalanche_sparcl.checkpointing import CheckpointError
 from avalanche_sparcl.console import hide_avalanche_deprecation_notices
 from avalanche_sparcl.distributed import is_distributed, rank
+from avalanche_sparcl.experiments.build import check_profile_fits
 from avalanche_sparcl.experiments.config import BENCHMARK_SHAPES, ConfigError, ExperimentConfig, load_config
-from avalanche_sparcl.experiments.runner import (
-    RunFolderError,
-    RunOptions,
-    check_profile_fits,
-    run_directory,
-    run_experiment,
-)
+from avalanche_sparcl.experiments.options import RunOptions
+from avalanche_sparcl.experiments.run_folder import RunFolderError, run_directory
+from avalanche_sparcl.experiments.runner import run_experiment
 from avalanche_sparcl.plugins.guard import NonFiniteTrainingError
-from avalanche_sparcl.reproducibility import MAX_SEED
+from avalanche_sparcl.settings import OPTIONS
 
 USER_ERROR = 2
 TRAINING_FAILED = 1
@@ -55,13 +52,11 @@ TRAINING_FAILED = 1
 
 def seed_value(text: str) -> int:
     """An argparse type: an integer seed in the range every random generator accepts."""
+    seed = OPTIONS["seed"].range
     try:
-        seed = int(text)
+        return seed.check("seed", int(text))
     except ValueError:
-        seed = -1
-    if not 0 <= seed <= MAX_SEED:
-        raise argparse.ArgumentTypeError(f"seed must be an integer in [0, {MAX_SEED}], got {text!r}")
-    return seed
+        raise argparse.ArgumentTypeError(f"seed must be {seed.describe()}, got {text!r}") from None
 
 
 def process_count(text: str) -> int:

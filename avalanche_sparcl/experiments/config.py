@@ -17,7 +17,7 @@ from typing import Any, Literal
 import yaml
 
 from avalanche_sparcl.plugins import SparCLPlugin, TDMPlugin
-from avalanche_sparcl.sparse.schedule import MIN_UPDATE_EVERY
+from avalanche_sparcl.settings import OPTIONS
 from avalanche_sparcl.validation import (
     close_matches_hint,
     describe_yaml_error,
@@ -56,7 +56,6 @@ STRATEGIES = ("naive", "er", "der", "er_ace")
 REPLAY_STRATEGIES = ("er", "der", "er_ace")
 BASELINE_METHODS = ("static", "set", "rigl")
 """Sparse-training baselines (paper Sec. 5.3): TDM's mask core with their prune / regrow rules."""
-REGROW_CHOICES = ("random", "gradient")
 BUFFER_KINDS = ("stock", "reservoir")
 """Replay buffer: the strategy's own (Avalanche fills it when an experience ends; ER_ACE when it
 starts) or a reservoir updated with every minibatch at every step (the reference's and mammoth's)."""
@@ -91,10 +90,6 @@ def positive_int(value: Any) -> bool:
     return _is_int(value) and value >= 1
 
 
-def non_negative_int(value: Any) -> bool:
-    return _is_int(value) and value >= 0
-
-
 def non_negative_number(value: Any) -> bool:
     return _is_number(value) and 0 <= value < math.inf
 
@@ -105,14 +100,6 @@ def positive_number(value: Any) -> bool:
 
 def fraction(value: Any) -> bool:
     return _is_number(value) and 0 <= value < 1
-
-
-def open_fraction(value: Any) -> bool:
-    return _is_number(value) and 0 < value <= 1
-
-
-def update_interval(value: Any) -> bool:
-    return _is_number(value) and MIN_UPDATE_EVERY <= value <= 1
 
 
 FOLDER_NAME = re.compile(r"[A-Za-z0-9._-]+")
@@ -174,26 +161,18 @@ TRAINING_KEYS = {
     "beta": Key("a number >= 0 (der only)", non_negative_number, None),
     "eval_batch_size": Key("an integer >= 1", positive_int, 256),
 }
+SPARCL_DEFAULTS = ("sparsity", "removal_ratio", "gradient_sparsity", "masked_head")
+"""The options a config's ``sparcl`` section fills with their defaults; the others are left to the
+plugins' own defaults (and recorded as null)."""
 SPARCL_KEYS = {
-    "sparsity": Key("a number in [0, 1)", fraction, 0.75),
-    "removal_ratio": Key("a number in [0, 1)", fraction, 0.3),
-    "gradient_sparsity": Key("a number in [0, 1)", fraction, 0.2),
-    "masked_head": Key("true or false", is_bool, False),
-    "profile": Key("a path to a YAML sparsity profile", is_text, None),
-    "importance_lambda": Key("a number >= 0", non_negative_number, None),
-    "expand_ratio": Key("a number in [0, 1)", fraction, None),
-    "mutate_ratio": Key("a number in [0, 1)", fraction, None),
-    "update_every": Key(
-        f"a number in [{MIN_UPDATE_EVERY:g}, 1] (fraction of the epochs)", update_interval, None
-    ),
-    "freeze_at": Key("a number in (0, 1] (fraction of the epochs)", open_fraction, None),
-    "regrow": choice_key(REGROW_CHOICES, None),
-    "stages": Key("an integer >= 1", positive_int, None),
-    "cutoff": Key("a number in (0, 1] (fraction of the epochs)", open_fraction, None),
-    "refresh_every": Key("an integer >= 1 (iterations)", positive_int, None),
-    "min_update_steps": Key("an integer >= 0 (optimizer steps)", non_negative_int, None),
-    "importance_window": Key("an integer >= 0 (optimizer steps)", non_negative_int, None),
-    "min_experience_steps": Key("an integer >= 0 (optimizer steps)", non_negative_int, None),
+    name: Key(
+        option.accepted(),
+        option.range.accepts,
+        option.default if name in SPARCL_DEFAULTS else None,
+        option.range.choices,
+    )
+    for name, option in OPTIONS.items()
+    if name != "seed"  # a run's seed is the run's, given on the command line
 }
 BASELINE_KEYS = {
     "method": choice_key(BASELINE_METHODS),

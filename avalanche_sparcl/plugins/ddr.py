@@ -42,7 +42,6 @@ from avalanche.training.utils import cycle
 from torch import Tensor
 
 from avalanche_sparcl.data_removal import (
-    DEFAULT_MIN_EXPERIENCE_STEPS,
     MIN_WINDOW_EPOCHS,
     DDRSettings,
     DynamicDataRemoval,
@@ -50,6 +49,7 @@ from avalanche_sparcl.data_removal import (
     too_few_steps,
 )
 from avalanche_sparcl.plugins.tdm import counted, minibatches_per_epoch
+from avalanche_sparcl.settings import default
 from avalanche_sparcl.validation import reject_unknown_options
 
 POSITION_ATTRIBUTE = "ddr_position"
@@ -84,10 +84,10 @@ class DDRPlugin(SupervisedPlugin, supports_distributed=True):
 
     def __init__(
         self,
-        removal_ratio: float = 0.3,
-        stages: int = 4,
-        cutoff: float = 0.4,
-        min_experience_steps: int = DEFAULT_MIN_EXPERIENCE_STEPS,
+        removal_ratio: float = default("removal_ratio"),
+        stages: int = default("stages"),
+        cutoff: float = default("cutoff"),
+        min_experience_steps: int = default("min_experience_steps"),
         **options: Any,
     ):
         super().__init__()

@@ -10,10 +10,11 @@ from avalanche.core import SupervisedPlugin
 from avalanche_sparcl.distributed import unwrap
 from avalanche_sparcl.plugins.probe import probe_forward
 from avalanche_sparcl.plugins.tdm import TDMPlugin
+from avalanche_sparcl.settings import check_options, default, options_of
 from avalanche_sparcl.sparse.gradient_masks import GradientMasking
 from avalanche_sparcl.sparse.layers import default_sparse_weights, parameters_named, trainable_parameters
 from avalanche_sparcl.sparse.training import SparseTraining
-from avalanche_sparcl.validation import check_fraction, check_positive_int, reject_unknown_options
+from avalanche_sparcl.validation import reject_unknown_options
 
 
 class DGMPlugin(SupervisedPlugin, supports_distributed=True):
@@ -25,11 +26,16 @@ class DGMPlugin(SupervisedPlugin, supports_distributed=True):
     own it is the adapter for DGM without TDM: TDM's default layer set, every weight active.
     """
 
-    def __init__(self, gradient_sparsity: float = 0.2, refresh_every: int = 30, **options: Any):
+    def __init__(
+        self,
+        gradient_sparsity: float = default("gradient_sparsity"),
+        refresh_every: int = default("refresh_every"),
+        **options: Any,
+    ):
         super().__init__()
-        reject_unknown_options("DGMPlugin", options, ["gradient_sparsity", "refresh_every"])
-        self.gradient_sparsity = check_fraction("gradient_sparsity", gradient_sparsity)
-        self.refresh_every = check_positive_int("refresh_every", refresh_every)
+        reject_unknown_options("DGMPlugin", options, options_of("dgm"))
+        checked = check_options({"gradient_sparsity": gradient_sparsity, "refresh_every": refresh_every})
+        self.gradient_sparsity, self.refresh_every = checked["gradient_sparsity"], checked["refresh_every"]
         self.gradient_masking = GradientMasking({}, self.gradient_sparsity, self.refresh_every)
         self.engine: SparseTraining | None = None  # own engine, when no TDM applies the masks
         self.handed_to_tdm = False

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import torch
@@ -12,12 +11,13 @@ from avalanche_sparcl.plugins.ddr import DDRPlugin
 from avalanche_sparcl.plugins.dgm import DGMPlugin
 from avalanche_sparcl.plugins.masked_head import MaskedHeadPlugin
 from avalanche_sparcl.plugins.tdm import TDMPlugin
-from avalanche_sparcl.sparse.dynamic import TDMSettings, check_tdm_options
-from avalanche_sparcl.validation import check_fraction, reject_unknown_options
+from avalanche_sparcl.settings import OPTIONS, check_options, default, options_of
+from avalanche_sparcl.sparse.dynamic import check_tdm_options
+from avalanche_sparcl.validation import reject_unknown_options
 
-TDM_OPTIONS = {f.name for f in dataclasses.fields(TDMSettings)} - {"sparsity"}
-DDR_OPTIONS = {"stages", "cutoff", "min_experience_steps"}
-DGM_OPTIONS = {"refresh_every"}
+TDM_OPTIONS = set(options_of("tdm")) - {"sparsity"}
+DDR_OPTIONS = set(options_of("ddr")) - {"removal_ratio"}
+DGM_OPTIONS = set(options_of("dgm")) - {"gradient_sparsity"}
 
 
 class SparCLPlugin(SupervisedPlugin, supports_distributed=True):
@@ -37,28 +37,22 @@ class SparCLPlugin(SupervisedPlugin, supports_distributed=True):
 
     def __init__(
         self,
-        sparsity: float = 0.75,
-        removal_ratio: float = 0.3,
-        gradient_sparsity: float = 0.2,
-        masked_head: bool = False,
+        sparsity: float = default("sparsity"),
+        removal_ratio: float = default("removal_ratio"),
+        gradient_sparsity: float = default("gradient_sparsity"),
+        masked_head: bool = default("masked_head"),
         **options: Any,
     ):
         super().__init__()
         reject_unknown_options(
-            "SparCLPlugin",
-            set(options) - TDM_OPTIONS - DDR_OPTIONS - DGM_OPTIONS,
-            {"sparsity", "removal_ratio", "gradient_sparsity", "masked_head"}
-            | TDM_OPTIONS
-            | DDR_OPTIONS
-            | DGM_OPTIONS,
+            "SparCLPlugin", set(options) - TDM_OPTIONS - DDR_OPTIONS - DGM_OPTIONS, set(OPTIONS)
         )
-        if not isinstance(masked_head, bool):
-            raise ValueError(f"masked_head must be True or False, got {masked_head!r}")
+        check_options({"masked_head": masked_head})
         tdm_options = {k: v for k, v in options.items() if k in TDM_OPTIONS}
         ddr_options = {k: v for k, v in options.items() if k in DDR_OPTIONS}
         dgm_options = {k: v for k, v in options.items() if k in DGM_OPTIONS}
         # every option is checked, also those of a part switched off: a bad value is a mistake either way
-        dense = check_fraction("sparsity", sparsity) == 0 and tdm_options.get("profile") is None
+        dense = check_options({"sparsity": sparsity})["sparsity"] == 0 and tdm_options.get("profile") is None
         if dense:
             check_tdm_options({k: v for k, v in tdm_options.items() if k != "profile"})
         self.tdm = None if dense else TDMPlugin(sparsity, **tdm_options)

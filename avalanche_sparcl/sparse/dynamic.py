@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from avalanche_sparcl.distributed import check_agreement
+from avalanche_sparcl.settings import LAYER_RATIOS, OPTIONS, check_options, default, options_of
 from avalanche_sparcl.sparse.importance import ContinualWeightImportance
 from avalanche_sparcl.sparse.layers import (
     ProfileLike,
@@ -37,22 +38,15 @@ from avalanche_sparcl.sparse.masks import (
     zero_at,
 )
 from avalanche_sparcl.sparse.schedule import (
-    MIN_UPDATE_EVERY,
     ExperienceSchedule,
     MaskUpdateKind,
     mask_updates,
     space_updates,
     update_step,
 )
-from avalanche_sparcl.validation import (
-    check_choice,
-    check_fraction,
-    check_non_negative,
-    check_non_negative_int,
-    check_seed,
-)
+from avalanche_sparcl.validation import check_fraction
 
-REGROW_CRITERIA = ("random", "gradient")
+REGROW_CRITERIA = OPTIONS["regrow"].range.choices
 
 ZERO_PRESERVING_OPTIMIZERS = (
     torch.optim.SGD,
@@ -90,23 +84,23 @@ class TDMSettings:
     schedule's steps then cost nothing extra.
     """
 
-    sparsity: float = 0.75
-    profile: ProfileLike | None = None
-    importance_lambda: float = 0.5
-    expand_ratio: float = 0.01
-    mutate_ratio: float = 0.01
-    update_every: float = 0.1
-    freeze_at: float = 0.9
-    regrow: str = "random"
-    seed: int = 0
-    min_update_steps: int = 16
-    importance_window: int = 32
+    sparsity: float = default("sparsity")
+    profile: ProfileLike | None = default("profile")
+    importance_lambda: float = default("importance_lambda")
+    expand_ratio: float = default("expand_ratio")
+    mutate_ratio: float = default("mutate_ratio")
+    update_every: float = default("update_every")
+    freeze_at: float = default("freeze_at")
+    regrow: str = default("regrow")
+    seed: int = default("seed")
+    min_update_steps: int = default("min_update_steps")
+    importance_window: int = default("importance_window")
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "sparsity", check_fraction("sparsity", self.sparsity))
+        object.__setattr__(self, "sparsity", check_options({"sparsity": self.sparsity})["sparsity"])
         if self.profile is not None:
             object.__setattr__(self, "profile", load_profile(self.profile))
-        options = {name: getattr(self, name) for name in TDM_OPTION_CHECKS if name not in LAYER_RATIOS}
+        options = {name: getattr(self, name) for name in TDM_OPTION_NAMES if name not in LAYER_RATIOS}
         for name, value in check_tdm_options(options).items():
             object.__setattr__(self, name, value)
         for sparsity in self.layer_sparsities():  # the ratios' ranges narrowed to each layer's sparsity
@@ -119,21 +113,8 @@ class TDMSettings:
         return sorted(set(self.profile.values())) if self.profile else [self.sparsity]
 
 
-LAYER_RATIOS = ("expand_ratio", "mutate_ratio")
-"""Options whose range depends on the layers' sparsity (``check_layer_ratios``)."""
-TDM_OPTION_CHECKS: dict[str, Callable[[str, Any], Any]] = {
-    "importance_lambda": check_non_negative,
-    # the widest ranges any sparsity allows; TDMSettings narrows them to each layer's
-    "expand_ratio": check_fraction,
-    "mutate_ratio": lambda name, value: check_fraction(name, value, high=0.5, include_high=True),
-    "update_every": lambda name, value: check_fraction(name, value, low=MIN_UPDATE_EVERY, include_high=True),
-    "freeze_at": lambda name, value: check_fraction(name, value, include_low=False, include_high=True),
-    "regrow": lambda name, value: check_choice(name, value, REGROW_CRITERIA),
-    "seed": check_seed,
-    "min_update_steps": check_non_negative_int,
-    "importance_window": check_non_negative_int,
-}
-"""Each TDM option (but the sparsity and the profile) and the check of its own range."""
+TDM_OPTION_NAMES = tuple(name for name in options_of("tdm") if name not in ("sparsity", "profile"))
+"""TDM's options but the sparsity and the profile, each checked on its range in ``settings.OPTIONS``."""
 
 
 def check_tdm_options(options: Mapping[str, Any]) -> dict[str, Any]:
@@ -142,7 +123,7 @@ def check_tdm_options(options: Mapping[str, Any]) -> dict[str, Any]:
     Independent of the sparsity, so a SparCL run with TDM switched off (sparsity 0) still refuses a
     bad TDM option rather than ignoring it.
     """
-    return {name: TDM_OPTION_CHECKS[name](name, value) for name, value in options.items()}
+    return check_options(options)
 
 
 def check_layer_ratios(sparsity: float, expand_ratio: float, mutate_ratio: float) -> None:

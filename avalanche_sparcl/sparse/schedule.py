@@ -16,15 +16,7 @@ import math
 from dataclasses import dataclass
 from enum import Enum
 
-MIN_UPDATE_EVERY = 0.001
-"""Smallest ``update_every``: at most 1000 mask updates per experience, whatever its length.
-
-The schedule holds ``1 / update_every`` entries, independent of the epoch count, so this bound keeps
-it (and the checkpoints that store it) small: 1e-6 meant a million entries and minutes spent building
-them. Each update prunes and regrows every masked layer and clears the optimizer state of the swapped
-weights, so updates far more frequent than the paper's (0.1, every 5 of 50 epochs) mostly churn the
-mask; 0.001 still allows one every 0.05 epochs of a 50-epoch experience.
-"""
+from avalanche_sparcl.settings import OPTIONS
 
 
 class MaskUpdateKind(str, Enum):
@@ -48,8 +40,7 @@ def mask_updates(n_epochs: int, update_every: float, freeze_at: float) -> list[M
     The first update shrinks the experience-start expansion; the later ones mutate. ``update_every``
     must lie in [MIN_UPDATE_EVERY, 1], so there are at most ``1 / MIN_UPDATE_EVERY`` updates.
     """
-    if not MIN_UPDATE_EVERY <= update_every <= 1:
-        raise ValueError(f"update_every must be in [{MIN_UPDATE_EVERY:g}, 1], got {update_every!r}")
+    OPTIONS["update_every"].range.check("update_every", update_every)
     updates = []
     step = 1
     while True:
