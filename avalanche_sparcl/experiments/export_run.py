@@ -21,17 +21,10 @@ import torch
 from torch import nn
 
 from avalanche_sparcl.checkpointing import maybe_resume
+from avalanche_sparcl.experiments.build import build_benchmark, build_evaluator, build_model, build_strategy
 from avalanche_sparcl.experiments.config import ConfigError, ExperimentConfig
-from avalanche_sparcl.experiments.runner import (
-    CHECKPOINT_NAME,
-    RESULTS_NAME,
-    RunOptions,
-    build_benchmark,
-    build_evaluator,
-    build_model,
-    build_strategy,
-    read_json_record,
-)
+from avalanche_sparcl.experiments.options import RunOptions
+from avalanche_sparcl.experiments.run_folder import CHECKPOINT_NAME, RESULTS_NAME, read_json_record
 from avalanche_sparcl.export import load_sparse, save_sparse
 from avalanche_sparcl.metrics.masks import WEIGHT_MASKS, strategy_masks
 
