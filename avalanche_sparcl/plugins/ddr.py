@@ -27,18 +27,13 @@ refused at the first epoch of an experience DDR would cut, before its first step
 
 from __future__ import annotations
 
-import copy
 import warnings
-from collections.abc import Iterator
 from typing import Any
 
-import torch
-from avalanche.benchmarks.utils.data_attribute import DataAttribute
-from avalanche.benchmarks.utils.data_loader import MultiDatasetDataLoader, _make_data_loader
+from avalanche.benchmarks.utils.data_loader import MultiDatasetDataLoader
 from avalanche.core import SupervisedPlugin
 from avalanche.training import Cumulative, GDumb, ICaRL, JointTraining
 from avalanche.training.plugins import GDumbPlugin
-from avalanche.training.utils import cycle
 from torch import Tensor
 
 from avalanche_sparcl.data_removal import (
@@ -48,15 +43,25 @@ from avalanche_sparcl.data_removal import (
     ExperienceRemoval,
     too_few_steps,
 )
+from avalanche_sparcl.plugins.ddr_buffers import (
+    BufferRefill,
+    KeptExamplesUpdate,
+    experience_of_kept_examples,
+    storage_policies,
+)
+from avalanche_sparcl.plugins.ddr_positions import (
+    NOT_FROM_EXPERIENCE,
+    POSITION_ATTRIBUTE,
+    MinibatchPositions,
+    PositionCollate,
+    carries_positions,
+    keep_only_positions,
+    split_positions,
+    with_positions,
+)
 from avalanche_sparcl.plugins.tdm import counted, minibatches_per_epoch
 from avalanche_sparcl.settings import default
 from avalanche_sparcl.validation import reject_unknown_options
-
-POSITION_ATTRIBUTE = "ddr_position"
-"""Data attribute holding each training example's position in its experience's dataset."""
-
-NOT_FROM_EXPERIENCE = -1
-"""Position given to minibatch rows that come from a replay buffer."""
 
 OTHER_TRAINING_DATA: dict[type, str] = {
     Cumulative: "the data of every experience seen so far",
@@ -225,69 +230,6 @@ class DDRPlugin(SupervisedPlugin, supports_distributed=True):
         self.full_experience = None
 
 
-class MinibatchPositions:
-    """The train loader, with DDR's position field taken off each minibatch before the strategy sees
-    it (kept in ``plugin.minibatch_positions``): every plugin reads Avalanche's own minibatch."""
-
-    def __init__(self, loader: Any, plugin: DDRPlugin):
-        self.loader = loader
-        self.plugin = plugin
-
-    def __iter__(self) -> Iterator[Any]:
-        for minibatch in self.loader:
-            minibatch, self.plugin.minibatch_positions = split_positions(minibatch)
-            yield minibatch
-
-    def __len__(self) -> int:
-        return len(self.loader)
-
-    def __getattr__(self, name: str) -> Any:
-        if name in ("loader", "plugin"):
-            raise AttributeError(name)
-        return getattr(self.loader, name)
-
-
-def split_positions(minibatch: Any) -> tuple[Any, Tensor | None]:
-    """The minibatch without DDR's position field, and the positions (None if it has none)."""
-    if isinstance(minibatch, dict):
-        positions = minibatch.pop(POSITION_ATTRIBUTE, None)
-        return minibatch, positions
-    fields = list(minibatch)
-    return fields[:-1], fields[-1]
-
-
-class PositionCollate:
-    """Collates training minibatches; samples without the position field (replay) get position -1."""
-
-    def __init__(self, base_collate: Any):
-        self.base_collate = base_collate
-
-    def __call__(self, samples: list[Any]) -> Any:
-        if isinstance(samples[0], dict):
-            samples = [{POSITION_ATTRIBUTE: NOT_FROM_EXPERIENCE, **sample} for sample in samples]
-            return self.base_collate(samples)
-        width = max(len(sample) for sample in samples)
-        if any(len(sample) != width for sample in samples):
-            samples = [
-                [*sample, NOT_FROM_EXPERIENCE] if len(sample) == width - 1 else sample for sample in samples
-            ]
-        return self.base_collate(samples)
-
-
-def with_positions(dataset: Any) -> Any:
-    """``dataset`` with each example's position appended to its fields (kept by ``subset``)."""
-    positions = DataAttribute(range(len(dataset)), POSITION_ATTRIBUTE, use_in_getitem=True)
-    tagged = dataset.update_data_attribute(POSITION_ATTRIBUTE, positions)
-    if not isinstance(tagged.collate_fn, PositionCollate):
-        tagged.collate_fn = PositionCollate(tagged.collate_fn)
-    return tagged
-
-
-def carries_positions(dataset: Any) -> bool:
-    """Whether ``dataset`` holds examples of the experience being trained, tagged by DDR."""
-    return isinstance(getattr(dataset, POSITION_ATTRIBUTE, None), DataAttribute)
-
-
 def incompatible_strategy(strategy: Any, other_data: str) -> ValueError:
     """The refusal for a strategy that trains on other data than the examples DDR removes from."""
     name = type(strategy).__name__
@@ -312,131 +254,20 @@ def check_train_loader(strategy: Any) -> None:
         raise incompatible_strategy(strategy, "other data (its buffer)")
 
 
-def keep_only_positions(loader: MultiDatasetDataLoader, kept_positions: Tensor) -> None:
-    """Cut each of the loader's tagged datasets to the kept examples, leaving the others (replay
-    memory) as they are, and recompute the epoch length as ``MultiDatasetDataLoader`` does: from the
-    longest of the experience's datasets (the termination dataset ReplayDataLoader picks)."""
-    experience_parts: list[int] = []
-    datasets, batch_sizes = [], []
-    for dataset, batch_size in zip(loader.datasets, loader.batch_sizes, strict=True):
-        if carries_positions(dataset):
-            positions = torch.as_tensor(list(getattr(dataset, POSITION_ATTRIBUTE)))
-            rows = torch.isin(positions, kept_positions).nonzero().flatten().tolist()
-            if not rows:
-                continue  # a task all of whose examples are removed: an empty sampler cannot be built
-            dataset = dataset.subset(rows)
-            experience_parts.append(len(datasets))
-        datasets.append(dataset)
-        batch_sizes.append(batch_size)
-    loader.datasets, loader.batch_sizes = datasets, batch_sizes
-    loader._persistent_loader = None  # its workers iterate the old datasets
-    if loader.never_ending:
-        return
-    iterations = [
-        len(
-            _make_data_loader(
-                datasets[part],
-                loader.distributed_sampling,
-                loader.loader_kwargs,
-                batch_sizes[part],
-                force_no_workers=True,
-            )[0]
-        )
-        for part in experience_parts
-    ]
-    longest = max(range(len(iterations)), key=iterations.__getitem__)
-    loader.termination_dataset = experience_parts[longest]
-    loader.n_iterations = iterations[longest]
-
-
-def storage_policies(strategy: Any) -> list[Any]:
-    """The experience-boundary replay buffers of the strategy (DER, ER_ACE) and of its plugins
-    (ReplayPlugin). A buffer filled at every step (ReservoirReplayPlugin) is left out: it only ever
-    sees the minibatches trained on, so removed examples cannot enter it after their removal."""
-    owners = [strategy, *strategy.plugins]
-    policies = [getattr(owner, "storage_policy", None) for owner in owners]
-    unique = {
-        id(policy): policy
-        for policy in policies
-        if policy is not None and hasattr(policy, "update") and not getattr(policy, "fills_every_step", False)
-    }
-    return list(unique.values())
-
-
-def experience_of_kept_examples(experience: Any, kept_positions: Tensor) -> Any:
-    """A view of ``experience`` whose dataset holds only the kept examples (what buffers read)."""
-    kept_view = copy.copy(experience)
-    kept_view._dataset = experience.dataset.subset(kept_positions.tolist())
-    return kept_view
-
-
-class KeptExamplesUpdate:
-    """Wraps a storage policy's ``update`` to note an update made for an experience DDR has not started
-    yet (ER_ACE fills its buffer before training, with all data): the policy's state before it is
-    remembered, so every removal stage can redo it with the kept examples."""
-
-    def __init__(self, policy: Any, original_update: Any, plugin: DDRPlugin):
-        self.policy = policy
-        self.original_update = original_update
-        self.plugin = plugin
-
-    def __call__(self, strategy: Any, **kwargs: Any) -> Any:
-        if self.plugin.experience_counter != strategy.clock.train_exp_counter:
-            self.plugin.updated_at_start.append(
-                BufferRefill(self, strategy.clock.train_exp_counter, policy_state(self.policy), kwargs)
-            )
-        return self.original_update(strategy, **kwargs)
-
-
-class BufferRefill:
-    """An experience-start buffer update (ER_ACE) to redo with the kept examples after each stage."""
-
-    def __init__(self, update: KeptExamplesUpdate, counter: int, state_before: dict, kwargs: dict):
-        self.update = update
-        self.counter = counter
-        self.state_before = state_before
-        self.kwargs = kwargs
-
-    def redo_with_kept_examples(self, strategy: Any) -> None:
-        """Restore the buffer as it was before the update, update it from the kept examples (the
-        strategy's experience is their view by now), and give the strategy a replay loader over the
-        new buffer (ER_ACE draws from its own)."""
-        policy = self.update.policy
-        vars(policy).clear()
-        vars(policy).update(policy_state_copy(self.state_before))
-        self.update.original_update(strategy, **self.kwargs)
-        if policy is getattr(strategy, "storage_policy", None) and getattr(strategy, "replay_loader", None):
-            rebuild_strategy_replay_loader(strategy)
-
-
-def policy_state(policy: Any) -> dict:
-    """A copy of a storage policy's state, deep enough that later updates do not change it.
-
-    Buffers replace their datasets and weight tensors rather than mutating them, so copying the
-    containers and the per-group buffer objects suffices (no example data is copied).
-    """
-    return policy_state_copy(vars(policy))
-
-
-def policy_state_copy(state: dict) -> dict:
-    """Copy of a state dict: containers and group buffers copied, datasets and tensors shared."""
-    copied = {}
-    for name, value in state.items():
-        if isinstance(value, dict):
-            copied[name] = {key: copy.copy(item) for key, item in value.items()}
-        elif isinstance(value, (set, list)):
-            copied[name] = copy.copy(value)
-        else:
-            copied[name] = value
-    return copied
-
-
-def rebuild_strategy_replay_loader(strategy: Any) -> None:
-    """A replay loader over the strategy's current buffer, as ER_ACE builds it at experience start."""
-    buffer = strategy.storage_policy.buffer
-    if len(buffer) < strategy.batch_size_mem:
-        strategy.replay_loader = None
-        return
-    strategy.replay_loader = cycle(
-        torch.utils.data.DataLoader(buffer, batch_size=strategy.batch_size_mem, shuffle=True, drop_last=True)
-    )
+__all__ = [
+    "NOT_FROM_EXPERIENCE",
+    "POSITION_ATTRIBUTE",
+    "BufferRefill",
+    "DDRPlugin",
+    "KeptExamplesUpdate",
+    "MinibatchPositions",
+    "PositionCollate",
+    "carries_positions",
+    "check_train_loader",
+    "experience_of_kept_examples",
+    "incompatible_strategy",
+    "keep_only_positions",
+    "split_positions",
+    "storage_policies",
+    "with_positions",
+]

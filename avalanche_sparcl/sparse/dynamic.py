@@ -18,12 +18,10 @@ import torch
 from torch import Tensor, nn
 
 from avalanche_sparcl.distributed import check_agreement
-from avalanche_sparcl.settings import LAYER_RATIOS, OPTIONS, check_options, default, options_of
+from avalanche_sparcl.settings import OPTIONS
 from avalanche_sparcl.sparse.importance import ContinualWeightImportance
 from avalanche_sparcl.sparse.layers import (
-    ProfileLike,
     default_sparse_weights,
-    load_profile,
     parameters_named,
     resolve_profile,
 )
@@ -44,7 +42,12 @@ from avalanche_sparcl.sparse.schedule import (
     space_updates,
     update_step,
 )
-from avalanche_sparcl.validation import check_fraction
+from avalanche_sparcl.sparse.tdm_settings import (
+    TDM_OPTION_NAMES,
+    TDMSettings,
+    check_layer_ratios,
+    check_tdm_options,
+)
 
 REGROW_CRITERIA = OPTIONS["regrow"].range.choices
 
@@ -61,75 +64,6 @@ ZERO_PRESERVING_OPTIMIZERS = (
 """Optimizers whose update of a weight is zero when its gradient, its per-weight state and the weight
 itself are zero (weight decay, coupled or decoupled, scales the weight). Exact classes only: a
 subclass may change the update."""
-
-
-@dataclass(frozen=True)
-class TDMSettings:
-    """TDM hyperparameters; defaults are the paper setting (schedule fractions of 50 epochs).
-
-    ``regrow="gradient"`` regrows the pruned weights with the largest mean |grad| over the window
-    instead of random ones (RigL-style); with ``importance_lambda=0`` pruning is by magnitude alone
-    (SET/MEST/RigL-style), and ``expand_ratio = mutate_ratio = 0`` gives a static mask.
-    ``update_every`` lies in [MIN_UPDATE_EVERY, 1] (see ``schedule.MIN_UPDATE_EVERY``) and ``seed``
-    in [0, MAX_SEED]. Checked values are stored as plain Python numbers.
-
-    ``min_update_steps`` (not in the paper, which has hundreds of steps between updates) spaces mask
-    updates at least that many optimizer steps, or one epoch, apart (``schedule.space_updates``); an
-    experience too short for even the shrink keeps its mask unchanged. Schedules whose updates are
-    whole epochs apart (the paper's 50 epochs) are unchanged; 0 turns the rule off.
-
-    ``importance_window`` is how many optimizer steps before each mask update feed CWI's gradient
-    term (0: every step since the previous update). A mean over 32 minibatches ranks weights as
-    well as one over hundreds, and the other steps skip the accumulation: most of a long
-    schedule's steps then cost nothing extra.
-    """
-
-    sparsity: float = default("sparsity")
-    profile: ProfileLike | None = default("profile")
-    importance_lambda: float = default("importance_lambda")
-    expand_ratio: float = default("expand_ratio")
-    mutate_ratio: float = default("mutate_ratio")
-    update_every: float = default("update_every")
-    freeze_at: float = default("freeze_at")
-    regrow: str = default("regrow")
-    seed: int = default("seed")
-    min_update_steps: int = default("min_update_steps")
-    importance_window: int = default("importance_window")
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "sparsity", check_options({"sparsity": self.sparsity})["sparsity"])
-        if self.profile is not None:
-            object.__setattr__(self, "profile", load_profile(self.profile))
-        options = {name: getattr(self, name) for name in TDM_OPTION_NAMES if name not in LAYER_RATIOS}
-        for name, value in check_tdm_options(options).items():
-            object.__setattr__(self, name, value)
-        for sparsity in self.layer_sparsities():  # the ratios' ranges narrowed to each layer's sparsity
-            check_layer_ratios(sparsity, self.expand_ratio, self.mutate_ratio)
-        for name in LAYER_RATIOS:
-            object.__setattr__(self, name, float(getattr(self, name)))
-
-    def layer_sparsities(self) -> list[float]:
-        """The distinct target sparsities of the masked layers."""
-        return sorted(set(self.profile.values())) if self.profile else [self.sparsity]
-
-
-TDM_OPTION_NAMES = tuple(name for name in options_of("tdm") if name not in ("sparsity", "profile"))
-"""TDM's options but the sparsity and the profile, each checked on its range in ``settings.OPTIONS``."""
-
-
-def check_tdm_options(options: Mapping[str, Any]) -> dict[str, Any]:
-    """Check each given TDM option on its own range; return them as plain Python values.
-
-    Independent of the sparsity, so a SparCL run with TDM switched off (sparsity 0) still refuses a
-    bad TDM option rather than ignoring it.
-    """
-    return check_options(options)
-
-
-def check_layer_ratios(sparsity: float, expand_ratio: float, mutate_ratio: float) -> None:
-    """Expansion can only reuse pruned weights; a mutation must fit both kept and pruned sets."""
-    check_fraction("expand_ratio", expand_ratio, high=sparsity, include_high=True)
-    check_fraction("mutate_ratio", mutate_ratio, high=min(sparsity, 1 - sparsity), include_high=True)
 
 
 @dataclass
@@ -437,3 +371,15 @@ class DynamicSparsity:
         for name, param in self.params.items():
             if self.masks[name].device != param.device:
                 self.masks[name] = self.masks[name].to(param.device)
+
+
+__all__ = [
+    "REGROW_CRITERIA",
+    "TDM_OPTION_NAMES",
+    "ZERO_PRESERVING_OPTIMIZERS",
+    "DynamicSparsity",
+    "MaskUpdateRecord",
+    "TDMSettings",
+    "check_layer_ratios",
+    "check_tdm_options",
+]
