@@ -2,8 +2,8 @@
 
 Avalanche's own reopen their files when unpickled: the CSV files are truncated and a new event file
 starts next to the old one, which still holds the events of the interrupted experience. The ones here
-cut their files back to their length at checkpoint time and continue them, so a resumed run's logs
-hold what an uninterrupted run's hold.
+cut their files back to their length at checkpoint time, so a resumed run's logs hold what an
+uninterrupted run's hold.
 """
 
 from __future__ import annotations
@@ -13,12 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from avalanche.logging import CSVLogger, TensorboardLogger
-from tensorboard.summary.writer.event_file_writer import EventFileWriter, _AsyncWriter
-from tensorboard.summary.writer.record_writer import RecordWriter
 from torch.utils.tensorboard import SummaryWriter
-from torch.utils.tensorboard.writer import FileWriter
 
 from avalanche_sparcl.distributed import rank
+
+EVENT_FILES = "events.out.tfevents.*"
 
 
 class ResumableCSVLogger(CSVLogger):
@@ -52,63 +51,56 @@ class ResumableCSVLogger(CSVLogger):
             setattr(self, attribute, open(path, "a"))  # noqa: SIM115
 
 
-class AppendingEventFileWriter(EventFileWriter):
-    """TensorBoard's event file writer, continuing an existing event file.
-
-    Its base class always starts a new file (and writes a file-version event into it); this one
-    only appends records to ``event_file``, the way the base class writes them.
-    """
-
-    def __init__(self, event_file: Path, max_queue_size: int = 10, flush_secs: int = 120) -> None:
-        self._logdir = str(event_file.parent)
-        self._file_name = str(event_file)
-        self._general_file_writer = open(event_file, "ab")  # noqa: SIM115 (closed by close())
-        self._async_writer = _AsyncWriter(RecordWriter(self._general_file_writer), max_queue_size, flush_secs)
-
-
-class AppendingSummaryWriter(SummaryWriter):
-    """torch's SummaryWriter, writing into one existing event file instead of a new one."""
-
-    def __init__(self, event_file: Path, filename_suffix: str = "") -> None:
-        self.event_file = Path(event_file)
-        super().__init__(str(self.event_file.parent), filename_suffix=filename_suffix)
-
-    def _get_file_writer(self) -> FileWriter:
-        if self.all_writers is None or self.file_writer is None:
-            file_writer = FileWriter.__new__(FileWriter)  # its __init__ would start a new event file
-            file_writer.event_writer = AppendingEventFileWriter(
-                self.event_file, self.max_queue, self.flush_secs
-            )
-            self.file_writer = file_writer
-            self.all_writers = {file_writer.get_logdir(): file_writer}
-        return self.file_writer
-
-
 class ResumableTensorboardLogger(TensorboardLogger):
-    """Avalanche's TensorboardLogger, whose event file survives a checkpoint.
+    """Avalanche's TensorboardLogger, continuing its run's steps on resume without repeating any.
 
-    Avalanche's own opens a new event file when unpickled, next to the old one, which still holds the
-    events of the interrupted experience: TensorBoard then shows that experience twice. This one cuts
-    its file back to its length at checkpoint time and continues it, as ResumableCSVLogger does.
+    On resume the event files are cut back to their length at checkpoint time (event files started
+    after it are removed), and a new one is started with ``purge_step`` just past the last step logged
+    before the checkpoint, so TensorBoard also discards any later events it still finds.
     """
+
+    def __init__(self, tb_log_dir: str | Path = "./tb_data", filename_suffix: str = "") -> None:
+        self.last_step: int | None = None
+        super().__init__(tb_log_dir, filename_suffix)
+
+    def log_single_metric(self, name: str, value: Any, x_plot: int) -> None:
+        """Avalanche's, remembering the last step so a resumed run knows where to continue."""
+        super().log_single_metric(name, value, x_plot)
+        self.last_step = x_plot if self.last_step is None else max(self.last_step, x_plot)
 
     def __getstate__(self) -> dict[str, Any]:
         self.writer.flush()
-        event_file = Path(self.writer._get_file_writer().event_writer._file_name)
+        log_dir = Path(self.writer.get_logdir())
         return {
-            "event_file": str(event_file),
-            "length": event_file.stat().st_size,
+            "log_dir": str(log_dir),
+            "file_lengths": {path.name: path.stat().st_size for path in log_dir.glob(EVENT_FILES)},
             "filename_suffix": self.writer.filename_suffix,
+            "last_step": self.last_step,
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        event_file = Path(state["event_file"])
-        if rank() != 0:  # data-parallel: the file is rank 0's; this copy is dropped (train_and_evaluate)
+        if "event_file" in state:  # a checkpoint of the version that continued one event file
+            event_file = Path(state["event_file"])
+            state = {
+                "log_dir": str(event_file.parent),
+                "file_lengths": {event_file.name: state["length"]},
+                "filename_suffix": state["filename_suffix"],
+                "last_step": None,
+            }
+        self.last_step = state["last_step"]
+        if rank() != 0:  # data-parallel: the files are rank 0's; this copy is dropped (train_and_evaluate)
             return
-        if event_file.is_file() and event_file.stat().st_size >= state["length"]:
-            with open(event_file, "ab") as stream:
-                stream.truncate(state["length"])
-            self.writer = AppendingSummaryWriter(event_file, state["filename_suffix"])
-            weakref.finalize(self, SummaryWriter.close, self.writer)
-        else:  # the file was removed or cut short since: start a new one
-            self.writer = self._make_writer(event_file.parent, state["filename_suffix"])
+        log_dir = Path(state["log_dir"])
+        log_dir.mkdir(parents=True, exist_ok=True)
+        lengths = state["file_lengths"]
+        for path in log_dir.glob(EVENT_FILES):
+            if path.name not in lengths:  # started after the checkpoint: only events it does not know of
+                path.unlink()
+            elif path.stat().st_size > lengths[path.name]:
+                with open(path, "ab") as stream:
+                    stream.truncate(lengths[path.name])
+        purge_step = None if self.last_step is None else self.last_step + 1
+        self.writer = SummaryWriter(
+            str(log_dir), filename_suffix=state["filename_suffix"], purge_step=purge_step
+        )
+        weakref.finalize(self, SummaryWriter.close, self.writer)
