@@ -9,7 +9,6 @@ density and kept data evolve during training.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import statistics
 from collections import Counter
@@ -18,15 +17,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.ticker import NullFormatter  # noqa: E402
-
-from avalanche_sparcl.experiments.config import ConfigError  # noqa: E402
-from avalanche_sparcl.experiments.fingerprint import IGNORED_CONFIG_KEYS, fingerprint  # noqa: E402
+from avalanche_sparcl.experiments.config import ConfigError
+from avalanche_sparcl.experiments.fingerprint import IGNORED_CONFIG_KEYS, fingerprint
+from avalanche_sparcl.experiments.report_plots import (
+    plot_accuracy_matrix,
+    plot_accuracy_vs_flops,
+    plot_training_curves,
+)
+from avalanche_sparcl.experiments.results import RESULTS_NAME, read_results
 
 TABLE_HEADER = (
     "| benchmark | method | buffer | Class-IL (%) | Task-IL (%) | Class-IL forgetting (%) "
@@ -79,64 +79,10 @@ class Report:
     unfinished_runs: list[Path] = dataclasses.field(default_factory=list)
 
 
-RESULTS_NAME = "results.json"
 UNFINISHED_MARKERS = ("checkpoint.pkl", "run.json")
 """Files a run folder holds before its results.json is written (the runner writes that last)."""
 
-NUMBER = (int, float)
-RESULT_FIELDS: dict[str, tuple[type, ...]] = {
-    "name": (str,),
-    "method": (str,),
-    "method_kind": (str,),
-    "benchmark": (str,),
-    "strategy": (str,),
-    "buffer_size": (int, type(None)),
-    "sparsity": NUMBER,
-    "seed": (int,),
-    "smoke": (bool,),
-    "class_il_accuracy": NUMBER,
-    "task_il_accuracy": NUMBER,
-    "class_il_forgetting": NUMBER,
-    "train_flops": NUMBER,
-    "weight_sparsity": NUMBER,
-    "kept_data": NUMBER,
-    "accuracy_matrix": (dict,),
-    "curves": (dict,),
-}
-"""What the report reads from a results.json, with the JSON types it needs."""
-NESTED_FIELDS = {"accuracy_matrix": ("class_il", "task_il"), "curves": ("kept_data", "weight_sparsity")}
 KIND_ORDER = {"dense": 0, "sparcl": 1, "static": 2, "set": 3, "rigl": 4}
-
-
-def read_results(path: Path) -> dict[str, Any]:
-    """One results.json, checked enough that the report cannot crash on it; else a one-line ConfigError."""
-    try:
-        run = json.loads(path.read_bytes().decode("utf-8"))
-    except UnicodeDecodeError as error:
-        raise ConfigError(f"{path}: not valid JSON (not UTF-8 text: {error.reason})") from None
-    except json.JSONDecodeError as error:
-        raise ConfigError(
-            f"{path}: not valid JSON (line {error.lineno}, column {error.colno}: {error.msg}); "
-            "an interrupted copy? run the config again or delete the file"
-        ) from None
-    except OSError as error:
-        raise ConfigError(f"{path}: cannot read ({error.strerror})") from None
-    if not isinstance(run, dict):
-        raise ConfigError(f"{path}: not a JSON object (a results.json holds one)")
-    needed = list(RESULT_FIELDS) + ([] if "fingerprint" in run or "identity" in run else ["config"])
-    missing = sorted(key for key in needed if key not in run)
-    if missing:
-        raise ConfigError(f"{path}: missing keys {', '.join(missing)}")
-    for key, types in RESULT_FIELDS.items():
-        value = run[key]
-        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
-            expected = "a number" if types == NUMBER else " or ".join(t.__name__ for t in types)
-            raise ConfigError(f"{path}: {key}: expected {expected}, got {value!r}")
-    for key, nested in NESTED_FIELDS.items():
-        missing = sorted(name for name in nested if name not in run[key])
-        if missing:
-            raise ConfigError(f"{path}: {key}: missing keys {', '.join(missing)}")
-    return run
 
 
 def run_fingerprint(run: dict[str, Any], path: Path) -> str:
@@ -313,81 +259,6 @@ def markdown_table(summaries: Sequence[MethodSummary]) -> str:
             f"| {summary.mean('kept_data'):.3f} | {len(summary.runs)} |"
         )
     return "\n".join(lines)
-
-
-def plot_label(summary: MethodSummary) -> str:
-    """The row label plus the buffer size: a legend has no buffer column."""
-    return f"{summary.label} (buffer {summary.buffer_size})" if summary.buffer_size else summary.label
-
-
-def plot_accuracy_vs_flops(summaries: Sequence[MethodSummary], path: Path) -> None:
-    """Class-IL and Task-IL accuracy against training FLOPs (log x), one point per config."""
-    benchmarks = list(dict.fromkeys(s.benchmark for s in summaries))
-    figure, axes = plt.subplots(
-        len(benchmarks), 2, figsize=(12, 4.5 * len(benchmarks)), squeeze=False, constrained_layout=True
-    )
-    for row, benchmark in enumerate(benchmarks):
-        for column, (field, title) in enumerate(
-            (("class_il_accuracy", "Class-IL"), ("task_il_accuracy", "Task-IL"))
-        ):
-            axis = axes[row][column]
-            for summary in (s for s in summaries if s.benchmark == benchmark):
-                axis.errorbar(
-                    summary.mean("train_flops"),
-                    100 * summary.mean(field),
-                    yerr=100 * summary.std(field),
-                    fmt="o" if summary.method_kind == "dense" else "s",
-                    capsize=3,
-                    label=plot_label(summary),
-                )
-            axis.set_xscale("log")
-            axis.xaxis.set_minor_formatter(NullFormatter())  # minor labels of a narrow range overlap
-            axis.set_xlabel("training FLOPs")
-            axis.set_ylabel(f"{title} accuracy (%)")
-            axis.set_title(f"{benchmark}: {title}")
-            axis.grid(True, which="both", alpha=0.3)
-        axes[row][1].legend(fontsize="small", loc="center left", bbox_to_anchor=(1.02, 0.5))
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-
-
-def plot_accuracy_matrix(summary: MethodSummary, path: Path) -> None:
-    """Accuracy on each experience (columns) after training each experience (rows), mean over seeds."""
-    figure, axes = plt.subplots(1, 2, figsize=(10, 4.2), constrained_layout=True)
-    for axis, kind, title in zip(axes, ("class_il", "task_il"), ("Class-IL", "Task-IL"), strict=True):
-        matrix = 100 * summary.mean_matrix(kind)
-        image = axis.imshow(matrix, vmin=0, vmax=100, cmap="viridis")
-        axis.set_xlabel("evaluated experience")
-        axis.set_ylabel("after training experience")
-        axis.set_title(f"{summary.label} {title} (%)")
-        if matrix.shape[0] <= 10 and matrix.shape[1] <= 10:
-            for (i, j), value in np.ndenumerate(matrix):
-                axis.text(j, i, f"{value:.0f}", ha="center", va="center", color="white", fontsize=8)
-        figure.colorbar(image, ax=axis, shrink=0.8)
-    figure.suptitle(f"{summary.benchmark} / {summary.name}")
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-
-
-def plot_training_curves(summaries: Sequence[MethodSummary], benchmark: str, path: Path) -> None:
-    """Weight density of the masked layers and kept data fraction over training iterations (seed 0)."""
-    figure, axes = plt.subplots(1, 2, figsize=(12, 4.2), constrained_layout=True)
-    for summary in (s for s in summaries if s.benchmark == benchmark):
-        curves = summary.runs[0]["curves"]
-        density = curves["weight_sparsity"]
-        label = plot_label(summary)
-        axes[0].plot(density["iterations"], [1 - v for v in density["values"]], label=label)
-        axes[1].plot(curves["kept_data"]["iterations"], curves["kept_data"]["values"], label=label)
-    axes[0].set_ylabel("weight density of the masked layers")
-    axes[1].set_ylabel("kept data (fraction of the experience)")
-    for axis in axes:
-        axis.set_xlabel("training iteration")
-        axis.set_ylim(0, 1.05)
-        axis.grid(True, alpha=0.3)
-    axes[1].legend(fontsize="small", loc="center left", bbox_to_anchor=(1.02, 0.5))
-    figure.suptitle(benchmark)
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
 
 
 def write_report(runs_dir: str | Path, out_dir: str | Path) -> Report:

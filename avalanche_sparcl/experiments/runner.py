@@ -46,6 +46,7 @@ from avalanche_sparcl.experiments.metric_values import (
     stream_value,
 )
 from avalanche_sparcl.experiments.options import SMOKE_EXPERIENCES, RunOptions
+from avalanche_sparcl.experiments.results import results_record
 from avalanche_sparcl.experiments.run_folder import (
     CHECKPOINT_NAME,
     RESULTS_NAME,
@@ -199,28 +200,30 @@ def train_and_evaluate(
 
     evaluator, metrics = strategy.evaluator, progress.last_metrics
     kept_data = curve(evaluator, "KeptData_Epoch")
-    results = {
-        **run_labels(config, seed, identity, options.device),
-        "versions": package_versions(),
-        "class_il_accuracy": stream_value(metrics, "Top1_Acc_Stream"),
-        "task_il_accuracy": stream_value(metrics, "TaskIL_Top1_Acc_Stream"),
-        "class_il_forgetting": stream_value(metrics, "StreamForgetting"),
-        "task_il_forgetting": stream_value(metrics, "TaskIL_StreamForgetting"),
-        "accuracy_matrix": {"class_il": progress.class_il_matrix, "task_il": progress.task_il_matrix},
-        "world_size": world_size(),
-        "mask_digests": digests_of_all_ranks(strategy_masks(strategy, WEIGHT_MASKS)),
-        "train_flops": flops_metric.result(),
-        "train_flops_after_experience": progress.flops_after_experience,
-        "train_iterations": strategy.clock.train_iterations,
-        "wall_time_s": progress.wall_time_s,
-        "train_time_s": progress.train_time_s,
-        "weight_sparsity": curve(evaluator, "WeightSparsity")["values"][-1],
-        "kept_data": float(np.mean(kept_data["values"])) if kept_data["values"] else 1.0,
-        "curves": {
-            "weight_sparsity": curve(evaluator, "WeightSparsity"),
-            "kept_data": kept_data,
-        },
-    }
+    results = results_record(
+        {
+            **run_labels(config, seed, identity, options.device),
+            "versions": package_versions(),
+            "class_il_accuracy": stream_value(metrics, "Top1_Acc_Stream"),
+            "task_il_accuracy": stream_value(metrics, "TaskIL_Top1_Acc_Stream"),
+            "class_il_forgetting": stream_value(metrics, "StreamForgetting"),
+            "task_il_forgetting": stream_value(metrics, "TaskIL_StreamForgetting"),
+            "accuracy_matrix": {"class_il": progress.class_il_matrix, "task_il": progress.task_il_matrix},
+            "world_size": world_size(),
+            "mask_digests": digests_of_all_ranks(strategy_masks(strategy, WEIGHT_MASKS)),
+            "train_flops": flops_metric.result(),
+            "train_flops_after_experience": progress.flops_after_experience,
+            "train_iterations": strategy.clock.train_iterations,
+            "wall_time_s": progress.wall_time_s,
+            "train_time_s": progress.train_time_s,
+            "weight_sparsity": curve(evaluator, "WeightSparsity")["values"][-1],
+            "kept_data": float(np.mean(kept_data["values"])) if kept_data["values"] else 1.0,
+            "curves": {
+                "weight_sparsity": curve(evaluator, "WeightSparsity"),
+                "kept_data": kept_data,
+            },
+        }
+    )
     if main_process:
         write_text_atomically(run_dir / RESULTS_NAME, json.dumps(results, indent=2, allow_nan=True) + "\n")
     return results

@@ -1,0 +1,112 @@
+"""The results record of one run (results.json), declared once for the runner, the report and the tests.
+
+The runner writes exactly these fields; the report reads the ones marked ``reported`` and checks their
+JSON types, so a damaged or foreign file gives one line naming the field instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from avalanche_sparcl.experiments.config import ConfigError
+from avalanche_sparcl.experiments.run_folder import RESULTS_NAME
+
+__all__ = [
+    "NESTED_FIELDS",
+    "NUMBER",
+    "RESULTS_NAME",
+    "RESULT_FIELDS",
+    "ResultField",
+    "read_results",
+    "results_record",
+]
+NUMBER = (int, float)
+
+
+@dataclass(frozen=True)
+class ResultField:
+    """One field of results.json: its JSON types and whether the report reads it."""
+
+    types: tuple[type, ...]
+    reported: bool = False
+
+
+RESULT_FIELDS: dict[str, ResultField] = {
+    # which run it is (run_folder.run_labels)
+    "name": ResultField((str,), reported=True),
+    "method": ResultField((str,), reported=True),
+    "method_kind": ResultField((str,), reported=True),
+    "benchmark": ResultField((str,), reported=True),
+    "strategy": ResultField((str,), reported=True),
+    "buffer_size": ResultField((int, type(None)), reported=True),
+    "sparsity": ResultField(NUMBER, reported=True),
+    "seed": ResultField((int,), reported=True),
+    "smoke": ResultField((bool,), reported=True),
+    "device": ResultField((str,)),
+    "config_path": ResultField((str,)),
+    "config": ResultField((dict,)),
+    "identity": ResultField((dict,)),
+    "fingerprint": ResultField((str,)),
+    "versions": ResultField((dict,)),
+    # what it measured
+    "class_il_accuracy": ResultField(NUMBER, reported=True),
+    "task_il_accuracy": ResultField(NUMBER, reported=True),
+    "class_il_forgetting": ResultField(NUMBER, reported=True),
+    "task_il_forgetting": ResultField(NUMBER),
+    "accuracy_matrix": ResultField((dict,), reported=True),
+    "world_size": ResultField((int,)),
+    "mask_digests": ResultField((list,)),
+    "train_flops": ResultField(NUMBER, reported=True),
+    "train_flops_after_experience": ResultField((list,)),
+    "train_iterations": ResultField((int,)),
+    "wall_time_s": ResultField(NUMBER),
+    "train_time_s": ResultField(NUMBER),
+    "weight_sparsity": ResultField(NUMBER, reported=True),
+    "kept_data": ResultField(NUMBER, reported=True),
+    "curves": ResultField((dict,), reported=True),
+}
+"""Every field of results.json, in the order the runner writes them."""
+NESTED_FIELDS = {"accuracy_matrix": ("class_il", "task_il"), "curves": ("kept_data", "weight_sparsity")}
+
+
+def results_record(values: dict[str, Any]) -> dict[str, Any]:
+    """The record in field order; a field missing or unknown is the runner's bug, raised as such."""
+    unknown, missing = set(values) - set(RESULT_FIELDS), set(RESULT_FIELDS) - set(values)
+    if unknown or missing:
+        raise RuntimeError(f"results record: unknown fields {sorted(unknown)}, missing {sorted(missing)}")
+    return {name: values[name] for name in RESULT_FIELDS}
+
+
+def read_results(path: Path) -> dict[str, Any]:
+    """One results.json, checked enough that the report cannot crash on it; else a one-line ConfigError."""
+    try:
+        run = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path}: not valid JSON (not UTF-8 text: {error.reason})") from None
+    except json.JSONDecodeError as error:
+        raise ConfigError(
+            f"{path}: not valid JSON (line {error.lineno}, column {error.colno}: {error.msg}); "
+            "an interrupted copy? run the config again or delete the file"
+        ) from None
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read ({error.strerror})") from None
+    if not isinstance(run, dict):
+        raise ConfigError(f"{path}: not a JSON object (a results.json holds one)")
+    reported = {name: field for name, field in RESULT_FIELDS.items() if field.reported}
+    needed = list(reported) + ([] if "fingerprint" in run or "identity" in run else ["config"])
+    missing = sorted(key for key in needed if key not in run)
+    if missing:
+        raise ConfigError(f"{path}: missing keys {', '.join(missing)}")
+    for key, field in reported.items():
+        value, types = run[key], field.types
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            expected = "a number" if types == NUMBER else " or ".join(t.__name__ for t in types)
+            raise ConfigError(f"{path}: {key}: expected {expected}, got {value!r}")
+    for key, nested in NESTED_FIELDS.items():
+        missing = sorted(name for name in nested if name not in run[key])
+        if missing:
+            raise ConfigError(f"{path}: {key}: missing keys {', '.join(missing)}")
+    return run
