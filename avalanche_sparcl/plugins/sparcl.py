@@ -29,10 +29,10 @@ class SparCLPlugin(SupervisedPlugin, supports_distributed=True):
     DGMPlugin) and is checked even when that part is off. ``masked_head`` makes the current
     experience's cross-entropy see only its classes.
 
-    Inside every hook the parts run in one fixed order, DDR, masked head, TDM, DGM, so that within
-    a step DDR scores the raw logits before the head is masked, TDM's importance reads the
-    gradients before TDM zeroes the pruned ones and DGM masks the rest, and DGM refreshes its
-    selection right after each TDM mask change.
+    Inside every hook the parts run in one fixed order, DDR, masked head, TDM, so that within a step
+    DDR scores the raw logits before the head is masked and TDM's importance reads the gradients
+    before anything masks them. With TDM on, TDM's engine applies DGM's gradient masks at the
+    optimizer step (refreshed right after each mask change); with TDM off, DGM runs alone.
     """
 
     def __init__(
