@@ -6,11 +6,13 @@ names, so no plugin module imports another to check an order:
 - ``rewrites_logits``: replaces ``strategy.mb_output`` in ``after_forward`` (the masked head);
 - ``replays_current_examples``: a buffer filled at every step, which replays the experience being
   trained (the reservoir); its storage policy says ``fills_every_step`` to DDR, which then leaves it
-  out of the buffers to narrow (it only ever sees minibatches trained on).
+  out of the buffers to narrow (it only ever sees minibatches trained on);
+- ``owns_weight_masks``: holds weight masks and applies, at its optimizer steps, the gradient masks
+  handed to it with ``use_gradient_masking`` (TDM).
 
 ``SparCLPlugin`` runs its parts in the fixed order DDR, masked head, TDM (with DGM's gradient masks at
-its optimizer step), DGM alone; a standalone ``DGMPlugin`` hands its masks to a ``TDMPlugin`` listed
-before it (``plugins.dgm.preceding_tdm``).
+its optimizer step), DGM alone; a standalone ``DGMPlugin`` hands its masks to the weight-mask owner
+listed before it (``weight_mask_owner_before``).
 """
 
 from __future__ import annotations
@@ -40,3 +42,19 @@ def first_logit_rewriter_before(plugin: Any, plugins: list[Any]) -> Any | None:
         if declares(other, "rewrites_logits"):
             return other
     return None
+
+
+def weight_mask_owner_before(plugin: Any, plugins: list[Any]) -> Any | None:
+    """The plugin owning weight masks that a gradient-masking ``plugin`` hands its masks to: the first
+    one listed, which must come before ``plugin`` (its importance reads the gradients before they are
+    masked). None when there is none, or when ``plugin`` is not itself listed (a part of a composite)."""
+    owners = [other for other in plugins if getattr(other, "owns_weight_masks", False)]
+    if not owners or plugin not in plugins:
+        return None
+    if plugins.index(owners[0]) > plugins.index(plugin):
+        raise ValueError(
+            f"{type(owners[0]).__name__} must be listed before {type(plugin).__name__} in plugins=[...]: "
+            "TDM's importance reads the gradients before DGM masks them (or use SparCLPlugin, which orders "
+            "its parts itself)"
+        )
+    return owners[0]

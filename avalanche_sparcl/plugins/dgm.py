@@ -8,8 +8,8 @@ import torch
 from avalanche.core import SupervisedPlugin
 
 from avalanche_sparcl.distributed import unwrap
+from avalanche_sparcl.plugins.composition import weight_mask_owner_before
 from avalanche_sparcl.plugins.probe import probe_forward
-from avalanche_sparcl.plugins.tdm import TDMPlugin
 from avalanche_sparcl.settings import check_options, default, options_of
 from avalanche_sparcl.sparse.gradient_masks import GradientMasking
 from avalanche_sparcl.sparse.layers import default_sparse_weights, parameters_named, trainable_parameters
@@ -51,7 +51,7 @@ class DGMPlugin(SupervisedPlugin, supports_distributed=True):
         """Parameter name -> bool mask of the weight-gradient entries applied (within the weight mask)."""
         return self.gradient_masking.masks
 
-    def hand_to(self, tdm: TDMPlugin) -> None:
+    def hand_to(self, tdm: Any) -> None:
         """Let ``tdm`` apply these gradient masks on its layers, at its optimizer steps."""
         tdm.use_gradient_masking(self.gradient_masking)
         self.handed_to_tdm = True
@@ -59,7 +59,7 @@ class DGMPlugin(SupervisedPlugin, supports_distributed=True):
     def before_training(self, strategy: Any, **kwargs: Any) -> None:
         """Hand the masks to a TDMPlugin listed before this plugin, if any (once)."""
         if not self.handed_to_tdm and self.engine is None:
-            tdm = preceding_tdm(strategy, self)
+            tdm = weight_mask_owner_before(self, list(strategy.plugins))
             if tdm is not None:
                 self.hand_to(tdm)
 
@@ -100,17 +100,3 @@ class DGMPlugin(SupervisedPlugin, supports_distributed=True):
         if self.engine is not None:
             self.engine.close()
         self.starting = self.training = False
-
-
-def preceding_tdm(strategy: Any, dgm: DGMPlugin) -> TDMPlugin | None:
-    """The TDMPlugin listed before ``dgm``; one listed after it would read already-masked gradients."""
-    plugins = list(strategy.plugins)
-    tdms = [plugin for plugin in plugins if isinstance(plugin, TDMPlugin)]
-    if not tdms or dgm not in plugins:
-        return None
-    if plugins.index(tdms[0]) > plugins.index(dgm):
-        raise ValueError(
-            "TDMPlugin must be listed before DGMPlugin in plugins=[...]: TDM's importance reads the "
-            "gradients before DGM masks them (or use SparCLPlugin, which orders its parts itself)"
-        )
-    return tdms[0]

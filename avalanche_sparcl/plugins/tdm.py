@@ -12,6 +12,7 @@ from avalanche.models.packnet import PackNetModule, PackNetPlugin
 
 from avalanche_sparcl.distributed import unwrap
 from avalanche_sparcl.plugins.probe import probe_forward
+from avalanche_sparcl.settings import default
 from avalanche_sparcl.sparse.dynamic import DynamicSparsity, TDMSettings
 from avalanche_sparcl.sparse.gradient_masks import GradientMasking
 from avalanche_sparcl.sparse.layers import (
@@ -41,7 +42,9 @@ class TDMPlugin(SupervisedPlugin, supports_distributed=True):
     identically seeded generator; the core checks that they agree after every change.
     """
 
-    def __init__(self, sparsity: float = 0.75, **options: Any):
+    owns_weight_masks = True  # see plugins.composition
+
+    def __init__(self, sparsity: float = default("sparsity"), **options: Any):
         super().__init__()
         accepted = {f.name for f in dataclasses.fields(TDMSettings)}
         reject_unknown_options("TDMPlugin", set(options) - accepted, accepted)
