@@ -10,14 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import statistics
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from avalanche_sparcl.experiments.config import ConfigError
 from avalanche_sparcl.experiments.fingerprint import IGNORED_CONFIG_KEYS, fingerprint
@@ -26,46 +23,12 @@ from avalanche_sparcl.experiments.report_plots import (
     plot_accuracy_vs_flops,
     plot_training_curves,
 )
-from avalanche_sparcl.experiments.results import RESULTS_NAME, read_results
+from avalanche_sparcl.experiments.results import RESULTS_NAME, MethodSummary, read_results
 
 TABLE_HEADER = (
     "| benchmark | method | buffer | Class-IL (%) | Task-IL (%) | Class-IL forgetting (%) "
     "| training FLOPs | FLOPs / dense | weight sparsity | kept data | seeds |"
 )
-
-
-@dataclass
-class MethodSummary:
-    """All seeds of one run identity (one fingerprint): the same config, smoke or not."""
-
-    benchmark: str
-    name: str
-    method: str
-    method_kind: str
-    strategy: str
-    buffer_size: int | None
-    sparsity: float
-    runs: list[dict[str, Any]]
-    fingerprint: str = ""
-    smoke: bool = False
-    paths: list[Path] = dataclasses.field(default_factory=list)
-    label: str = ""
-    """The row name: ``method``, made unique among the rows by :func:`assign_labels`."""
-    key: str = ""
-    """File name stem of its plots, made unique by :func:`assign_labels`."""
-
-    def values(self, field: str) -> list[float]:
-        return [float(run[field]) for run in self.runs]
-
-    def mean(self, field: str) -> float:
-        return statistics.fmean(self.values(field))
-
-    def std(self, field: str) -> float:
-        values = self.values(field)
-        return statistics.stdev(values) if len(values) > 1 else 0.0
-
-    def mean_matrix(self, kind: str) -> np.ndarray:
-        return np.mean([np.array(run["accuracy_matrix"][kind], dtype=float) for run in self.runs], axis=0)
 
 
 @dataclass

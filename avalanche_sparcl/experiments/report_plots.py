@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import matplotlib
 
@@ -13,8 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import NullFormatter  # noqa: E402
 
-if TYPE_CHECKING:
-    from avalanche_sparcl.experiments.report import MethodSummary
+from avalanche_sparcl.experiments.results import MethodSummary  # noqa: E402
 
 
 def plot_label(summary: MethodSummary) -> str:

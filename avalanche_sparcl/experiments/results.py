@@ -6,10 +6,14 @@ JSON types, so a damaged or foreign file gives one line naming the field instead
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from avalanche_sparcl.experiments.config import ConfigError
 from avalanche_sparcl.experiments.run_folder import RESULTS_NAME
@@ -110,3 +114,37 @@ def read_results(path: Path) -> dict[str, Any]:
         if missing:
             raise ConfigError(f"{path}: {key}: missing keys {', '.join(missing)}")
     return run
+
+
+@dataclass
+class MethodSummary:
+    """All seeds of one run identity (one fingerprint): the same config, smoke or not."""
+
+    benchmark: str
+    name: str
+    method: str
+    method_kind: str
+    strategy: str
+    buffer_size: int | None
+    sparsity: float
+    runs: list[dict[str, Any]]
+    fingerprint: str = ""
+    smoke: bool = False
+    paths: list[Path] = dataclasses.field(default_factory=list)
+    label: str = ""
+    """The row name: ``method``, made unique among the rows by ``report.assign_labels``."""
+    key: str = ""
+    """File name stem of its plots, made unique by ``report.assign_labels``."""
+
+    def values(self, field: str) -> list[float]:
+        return [float(run[field]) for run in self.runs]
+
+    def mean(self, field: str) -> float:
+        return statistics.fmean(self.values(field))
+
+    def std(self, field: str) -> float:
+        values = self.values(field)
+        return statistics.stdev(values) if len(values) > 1 else 0.0
+
+    def mean_matrix(self, kind: str) -> np.ndarray:
+        return np.mean([np.array(run["accuracy_matrix"][kind], dtype=float) for run in self.runs], axis=0)
