@@ -10,8 +10,12 @@ import importlib
 import warnings
 from typing import Any
 
+from avalanche_sparcl.pickling import make_torch_optimizers_picklable
+
 # qpsolvers, imported by Avalanche for GEM only, warns on import that it found no solver.
 warnings.filterwarnings("ignore", message="no QP solver found", category=UserWarning)
+# Avalanche's save_checkpoint pickles the strategy with dill, which needs torch.optim's submodules
+make_torch_optimizers_picklable()
 
 __version__ = "0.2.0"
 

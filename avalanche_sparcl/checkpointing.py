@@ -25,7 +25,6 @@ import io
 import os
 import pickle
 import re
-import sys
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
@@ -36,6 +35,7 @@ from avalanche.distributed import DistributedHelper
 
 from avalanche_sparcl.atomic_files import atomic_file
 from avalanche_sparcl.distributed import decided_on_rank0, unwrap
+from avalanche_sparcl.pickling import make_torch_optimizers_picklable
 
 Strategy = TypeVar("Strategy")
 
@@ -49,23 +49,6 @@ pickle behind it is on disk and hashed."""
 
 class CheckpointError(ValueError):
     """A checkpoint file that cannot be resumed from: empty, truncated, corrupted or not ours."""
-
-
-def make_torch_optimizers_picklable() -> None:
-    """Re-attach the ``torch.optim`` submodules that ``torch/optim/__init__.py`` deletes.
-
-    Without them dill cannot find e.g. ``torch.optim.sgd.SGD`` by reference, pickles the class by
-    value, reaches ``typing_extensions.sentinel`` and fails with ``PicklingError: Can't pickle
-    sentinel`` for every strategy (torch 2.14, dill 0.4, typing_extensions 4.16). Idempotent and
-    cheap: it only sets attributes that are missing.
-    """
-    for name, module in list(sys.modules.items()):
-        if module is None or not name.startswith("torch.optim."):
-            continue
-        parent_name, _, child_name = name.rpartition(".")
-        parent = sys.modules.get(parent_name)
-        if parent is not None and not hasattr(parent, child_name):
-            setattr(parent, child_name, module)
 
 
 def write_text_atomically(path: str | os.PathLike, text: str) -> None:
