@@ -43,8 +43,9 @@ def table_row(table: str, method: str) -> list[str]:
 
 def mean_std(runs, field):
     values = [100 * run[field] for run in runs]
-    spread = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.fmean(values):.2f} +- {spread:.2f}"
+    if len(values) == 1:  # one seed: the mean alone, the seeds column says n=1
+        return f"{values[0]:.2f}"
+    return f"{statistics.fmean(values):.2f} +- {statistics.stdev(values):.2f}"
 
 
 def test_table_has_mean_std_over_seeds_and_flops_ratio_to_dense(small_runs, tmp_path):
@@ -84,6 +85,10 @@ def test_plots_exist_and_are_valid_pngs(small_runs, tmp_path):
         with Image.open(path) as image:
             image.verify()
             assert min(image.size) >= 300
+            assert min(image.info["dpi"]) >= 199.5  # publishable: PNG_DPI, rounded in the pHYs chunk
+        vector = path.with_suffix(".pdf")
+        assert vector.read_bytes()[:5] == b"%PDF-"
+        assert f"({vector.relative_to(tmp_path).as_posix()})" in report.markdown_path.read_text()
 
 
 def test_report_command_prints_the_table_and_the_plot_path(small_runs, tmp_path, capsys):
@@ -226,7 +231,7 @@ def test_configs_sharing_a_name_or_a_method_label_are_separate_rows(tmp_path):
     first = table_row(report.table, first_label)
     assert first[3] == "50.00 +- 14.14" and first[-1] == "2"
     other = table_row(report.table, other_label)
-    assert other[3] == "90.00 +- 0.00" and other[-1] == "1"
+    assert other[3] == "90.00" and other[-1] == "1"
     assert table_row(report.table, "DER++ [dense_long]")[-1] == "1"
     assert len([path for path in report.plot_paths if path.parent.name == "accuracy_matrix"]) == 4
 
@@ -240,11 +245,19 @@ def test_smoke_runs_are_never_merged_with_real_runs(two_configs, tmp_path):
     report = write_report(runs_dir, tmp_path / "out")
     assert methods(report.table) == ["DER++", "SparCL-DER++ 0.75", "DER++ (smoke)"]
     assert table_row(report.table, "DER++")[3:] == [
-        "80.00 +- 0.00", "80.00 +- 0.00", "10.00 +- 0.00", "4 G", "1.000", "0.000", "1.000", "1"
+        "80.00",
+        "80.00",
+        "10.00",
+        "4 G",
+        "1.000",
+        "0.000",
+        "1.000",
+        "1",
     ]
     # the sparse run is compared with the real dense run, not with the smoke one
     assert table_row(report.table, "SparCL-DER++ 0.75")[7] == "0.250"
-    assert table_row(report.table, "DER++ (smoke)")[3] == "10.00 +- 0.00"
+    assert table_row(report.table, "DER++ (smoke)")[3] == "10.00"
+    assert "+-" not in "".join(line for line in report.table.splitlines()[2:])
     assert "accuracy_matrix/split_digits__dense__smoke.png" in report.markdown_path.read_text()
 
 
@@ -263,7 +276,7 @@ def test_results_without_fingerprint_are_grouped_by_their_config_and_smoke_flag(
     assert all(re.fullmatch(r"DER\+\+ \[dense [0-9a-f]{8}\]", row) for row in rows[:2])
     assert sorted(line.split("|")[4].strip() for line in report.table.splitlines()[2:4]) == [
         "30.00 +- 14.14",
-        "90.00 +- 0.00",
+        "90.00",
     ]
     # a copy of an old run is a duplicate too
     copy = write_run(runs_dir, legacy(fake_results(dense, 1, accuracy=0.4)), "copy")

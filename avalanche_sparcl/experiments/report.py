@@ -1,7 +1,9 @@
-"""``sparcl-bench report``: a Markdown table and PNG plots from the results.json files of many runs.
+"""``sparcl-bench report``: a Markdown table and plots (PNG and PDF) from the results.json files of
+many runs.
 
-The table gives mean +- std over seeds and each method's training FLOPs relative to the dense run of
-the same benchmark, strategy and buffer size (the paper's efficiency claim). The accuracy-vs-FLOPs
+The table gives mean +- std over seeds (the mean alone for a single seed) and each method's training
+FLOPs relative to the dense run of the same benchmark, strategy and buffer size (the paper's efficiency
+claim). The accuracy-vs-FLOPs
 plot is the paper's Figure 1 (right); the other plots show the accuracy matrix and how weight
 density and kept data evolve during training.
 """
@@ -19,9 +21,11 @@ from typing import Any
 from avalanche_sparcl.experiments.config import ConfigError
 from avalanche_sparcl.experiments.fingerprint import IGNORED_CONFIG_KEYS, fingerprint
 from avalanche_sparcl.experiments.report_plots import (
+    PNG_DPI,
     plot_accuracy_matrix,
     plot_accuracy_vs_flops,
     plot_training_curves,
+    vector_path,
 )
 from avalanche_sparcl.experiments.results import RESULTS_NAME, MethodSummary, read_results
 
@@ -206,11 +210,15 @@ def format_flops(value: float) -> str:
 
 
 def percent(summary: MethodSummary, field: str) -> str:
+    """Mean +- std over seeds; the mean alone for one seed, whose std is no spread (seeds column: 1)."""
+    if len(summary.runs) == 1:
+        return f"{100 * summary.mean(field):.2f}"
     return f"{100 * summary.mean(field):.2f} +- {100 * summary.std(field):.2f}"
 
 
 def markdown_table(summaries: Sequence[MethodSummary]) -> str:
-    """One row per config: mean +- std over seeds; FLOPs relative to the matching dense run."""
+    """One row per config: mean +- std over seeds (the mean alone for one seed); FLOPs relative to the
+    matching dense run."""
     lines = [TABLE_HEADER, "|" + "---|" * TABLE_HEADER.count(" | ") + "---|"]
     for summary in summaries:
         ratio = flops_ratio(summary, summaries)
@@ -248,7 +256,8 @@ def write_report(runs_dir: str | Path, out_dir: str | Path) -> Report:
         "",
         f"Runs read from `{runs_dir}`: {sum(len(s.runs) for s in summaries)} runs, {len(summaries)} configs"
         + (f"; {len(unfinished)} unfinished (listed below, not in the table)." if unfinished else "."),
-        "Accuracies are on the whole test stream after the last experience, mean +- std over seeds.",
+        "Accuracies are on the whole test stream after the last experience, mean +- std over seeds; "
+        "a row of one seed (seeds = 1) shows the mean alone.",
         "FLOPs / dense: mean training FLOPs over those of the dense run with the same benchmark, "
         "strategy and buffer size (smoke runs against smoke runs).",
         "A row is one run identity (the resolved config, smoke or not, the package version); rows that "
@@ -277,7 +286,12 @@ def write_report(runs_dir: str | Path, out_dir: str | Path) -> Report:
         lines += [f"- `{path}`: {' and '.join(found)}, no results.json" for path, found in unfinished.items()]
         lines.append("")
     lines += ["## Plots", ""]
-    lines += [f"- ![{path.stem}]({path.relative_to(out_dir)})" for path in plot_paths]
+    lines.append(f"Each PNG ({PNG_DPI} dpi) has a PDF of the same name next to it.")
+    lines.append("")
+    lines += [
+        f"- ![{path.stem}]({path.relative_to(out_dir)}) ([PDF]({vector_path(path).relative_to(out_dir)}))"
+        for path in plot_paths
+    ]
     markdown_path = out_dir / "report.md"
     markdown_path.write_text("\n".join(lines) + "\n")
     return Report(table, markdown_path, accuracy_vs_flops, plot_paths, list(unfinished))
