@@ -3,9 +3,8 @@ many runs.
 
 The table gives mean +- std over seeds (the mean alone for a single seed) and each method's training
 FLOPs relative to the dense run of the same benchmark, strategy and buffer size (the paper's efficiency
-claim). The accuracy-vs-FLOPs
-plot is the paper's Figure 1 (right); the other plots show the accuracy matrix and how weight
-density and kept data evolve during training.
+claim). The accuracy-vs-FLOPs plot is the paper's Figure 1 (right); the other plots show the accuracy
+matrix and how weight density and kept data evolve during training.
 """
 
 from __future__ import annotations

@@ -36,7 +36,11 @@ from avalanche_sparcl.experiments.build import (
 from avalanche_sparcl.experiments.config import ExperimentConfig, build_sparse_plugin
 from avalanche_sparcl.experiments.data_parallel import WholeEvaluationStream, training_device
 from avalanche_sparcl.experiments.fingerprint import run_identity
-from avalanche_sparcl.experiments.loggers import ResumableCSVLogger, ResumableTensorboardLogger
+from avalanche_sparcl.experiments.loggers import (
+    ResumableCSVLogger,
+    ResumableTensorboardLogger,
+    write_run_views,
+)
 from avalanche_sparcl.experiments.metric_values import (
     CLASS_IL_EXPERIENCE,
     TASK_IL_EXPERIENCE,
@@ -193,6 +197,25 @@ def train_and_evaluate(
                 )
                 for callback in on_experience_end:
                     callback(record)
+            write_run_views(  # TensorBoard: HParams, series over experiences, accuracy vs FLOPs figure
+                strategy.evaluator.loggers,
+                {
+                    **{key: value for key, value in config.to_dict().items() if key != "description"},
+                    "method": method_label(config),
+                    "method_kind": config.method_kind,
+                    "seed": seed,
+                    "smoke": options.smoke,
+                },
+                {
+                    "class_il_accuracy": stream_value(progress.last_metrics, "Top1_Acc_Stream"),
+                    "task_il_accuracy": stream_value(progress.last_metrics, "TaskIL_Top1_Acc_Stream"),
+                    "train_flops": flops_metric.result(),
+                },
+                progress.class_il_matrix,
+                progress.task_il_matrix,
+                progress.flops_after_experience,
+                f"{config.benchmark['name']} / {method_label(config)} (seed {seed})",
+            )
     finally:
         for logger in strategy.evaluator.loggers:
             if hasattr(logger, "close"):
