@@ -4,6 +4,7 @@
                      [--quiet] [--smoke] [--restart] [--nproc N]
     sparcl-bench report RUNS_DIR [--out report/]
     sparcl-bench export RUN_DIR --out DIR [--onnx]
+    sparcl-bench --version
 
 User errors (a bad config or profile, missing data, no CUDA, ``--out`` not a folder) print one line
 on stderr and exit with code 2, before any training starts. A run folder with a checkpoint of the same
@@ -29,6 +30,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from avalanche_sparcl import __version__
 from avalanche_sparcl.benchmarks import (
     DatasetFormatError,
     DatasetNotFoundError,
@@ -72,6 +74,7 @@ def process_count(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sparcl-bench", description="SparCL experiments on Avalanche.")
+    parser.add_argument("--version", action="version", version=f"sparcl-bench {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="train and evaluate configs, one folder per config and seed")
     run.add_argument("configs", nargs="+", type=Path, metavar="CONFIG", help="experiment YAML files")
@@ -102,7 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a finished run's folder")
     export.add_argument("--out", type=Path, required=True, help="folder for model.sparse (and model.onnx)")
     export.add_argument(
-        "--onnx", action="store_true", help="also write model.onnx (needs avalanche-sparcl[export])"
+        "--onnx",
+        action="store_true",
+        help='also write model.onnx (needs the export extra: pip install ".[export]")',
     )
     return parser
 

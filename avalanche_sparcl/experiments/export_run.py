@@ -32,6 +32,8 @@ SPARSE_FILE_NAME = "model.sparse"
 ONNX_FILE_NAME = "model.onnx"
 CHECK_IMAGES = 256
 """Test images the exported models are compared on."""
+EXPORT_EXTRA = 'pip install ".[export]"'
+"""How to get ``onnx`` and ``onnxruntime``: the ``export`` extra, installed from a clone of the repository."""
 
 
 @dataclass
@@ -121,9 +123,33 @@ def max_output_difference(reference: nn.Module, other: nn.Module, images: torch.
     return float((reference(images) - other(images)).abs().max())
 
 
+def check_onnx_packages() -> None:
+    """Raise :class:`ConfigError` (one line naming the extra) unless ``onnx`` and ``onnxruntime`` import."""
+    from avalanche_sparcl.export.onnx_check import import_onnxruntime
+    from avalanche_sparcl.export.onnx_graph import import_onnx
+
+    missing = []
+    for name, importer in (("onnx", import_onnx), ("onnxruntime", import_onnxruntime)):
+        try:
+            importer()
+        except ImportError:
+            missing.append(name)
+    if missing:
+        raise ConfigError(
+            f"--onnx needs the packages onnx and onnxruntime ({', '.join(missing)} missing): "
+            f"install the export extra with {EXPORT_EXTRA} in the repository's folder"
+        )
+
+
 def export_run(run_dir: str | Path, out_dir: str | Path, onnx: bool = False) -> RunExport:
-    """Export the trained model of the finished run in ``run_dir`` to ``out_dir``."""
+    """Export the trained model of the finished run in ``run_dir`` to ``out_dir``.
+
+    With ``onnx``, missing ``onnx`` or ``onnxruntime`` packages are a :class:`ConfigError` raised before
+    anything is read or written.
+    """
     run_dir, out_dir = Path(run_dir), Path(out_dir)
+    if onnx:
+        check_onnx_packages()
     config, run = finished_run_config(run_dir)
     with contextlib.redirect_stdout(io.StringIO()):
         strategy, benchmark = trained_strategy(run_dir, config, run["seed"], run["smoke"])
