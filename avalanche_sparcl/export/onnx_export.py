@@ -16,8 +16,8 @@ graph holding the parameter's values, when an operator outside ``SPARSE_CONSUMER
 sparse form would be larger, or when ONNX Runtime (if installed) rejects the model or computes other
 outputs with it sparse.
 
-``onnx`` and ``onnxruntime`` are the optional extra ``avalanche-sparcl[export]``; they are imported
-inside the functions, so importing this package does not need them.
+``onnx`` and ``onnxruntime`` are the optional extra ``export`` (``pip install ".[export]"`` in a
+clone); they are imported inside the functions, so importing this package does not need them.
 """
 
 from __future__ import annotations

@@ -34,7 +34,7 @@ OPSET = 17
 """The ONNX opset written: supported by ONNX Runtime since 1.14 and by most edge runtimes."""
 SPARSE_CONSUMERS = frozenset({"Conv", "Gemm", "MatMul"})
 """Operators whose weight input may be a sparse initializer (ONNX Runtime densifies it at load)."""
-INSTALL_HINT = "pip install avalanche-sparcl[export]"
+INSTALL_HINT = 'pip install ".[export]" in a clone of avalanche-sparcl'
 
 
 def import_onnx() -> Any:
