@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from avalanche_sparcl.experiments.cli import main
@@ -152,6 +153,9 @@ def test_shipped_config_runs_end_to_end_in_smoke_mode(tmp_path, path):
     assert json.loads((run_dir / "results.json").read_text())["train_flops"] == results["train_flops"]
     assert list(results) == list(RESULT_FIELDS)  # every declared field, in order
     assert results["world_size"] == 1 and len(results["mask_digests"]) == 1
+    machine = results["machine"]
+    assert machine["torch_threads"] == torch.get_num_threads() and machine["gpu"] is None
+    assert isinstance(machine["cpu"], str) and machine["cpu"] and machine["cpu_count"] >= 1
     assert 0 < results["train_time_s"] < results["wall_time_s"]
     n_experiences = BENCHMARK_SHAPES[config.benchmark["name"]].default_experiences
     for kind in ("class_il", "task_il"):

@@ -7,6 +7,7 @@ report wants matrices, stream values and curves, so they are picked out here, in
 from __future__ import annotations
 
 import math
+import os
 import platform
 import re
 from importlib import metadata
@@ -53,3 +54,31 @@ def package_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             versions[package] = "not installed"
     return versions
+
+
+def machine_description(device: str) -> dict[str, Any]:
+    """What ran the numbers: torch's CPU threads, the CPU and, on CUDA, the GPU (a speed figure means
+    nothing without them)."""
+    import torch
+
+    gpu = None
+    if str(device).startswith("cuda") and torch.cuda.is_available():
+        gpu = torch.cuda.get_device_name(torch.device(device))
+    return {
+        "torch_threads": torch.get_num_threads(),
+        "cpu": cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "gpu": gpu,
+    }
+
+
+def cpu_name() -> str:
+    """The CPU's model name (from /proc/cpuinfo on Linux), else what the platform module says."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

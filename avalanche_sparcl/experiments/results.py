@@ -55,6 +55,7 @@ RESULT_FIELDS: dict[str, ResultField] = {
     "identity": ResultField((dict,)),
     "fingerprint": ResultField((str,)),
     "versions": ResultField((dict,)),
+    "machine": ResultField((dict,)),
     # what it measured
     "class_il_accuracy": ResultField(NUMBER, reported=True),
     "task_il_accuracy": ResultField(NUMBER, reported=True),

@@ -46,6 +46,7 @@ from avalanche_sparcl.experiments.metric_values import (
     TASK_IL_EXPERIENCE,
     accuracy_row,
     curve,
+    machine_description,
     package_versions,
     stream_value,
 )
@@ -227,6 +228,7 @@ def train_and_evaluate(
         {
             **run_labels(config, seed, identity, options.device),
             "versions": package_versions(),
+            "machine": machine_description(options.device),
             "class_il_accuracy": stream_value(metrics, "Top1_Acc_Stream"),
             "task_il_accuracy": stream_value(metrics, "TaskIL_Top1_Acc_Stream"),
             "class_il_forgetting": stream_value(metrics, "StreamForgetting"),
