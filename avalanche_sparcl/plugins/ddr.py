@@ -50,13 +50,10 @@ from avalanche_sparcl.plugins.ddr_buffers import (
     storage_policies,
 )
 from avalanche_sparcl.plugins.ddr_positions import (
-    NOT_FROM_EXPERIENCE,
     POSITION_ATTRIBUTE,
     MinibatchPositions,
-    PositionCollate,
     carries_positions,
     keep_only_positions,
-    split_positions,
     with_positions,
 )
 from avalanche_sparcl.plugins.tdm import counted, minibatches_per_epoch
@@ -216,7 +213,7 @@ class DDRPlugin(SupervisedPlugin, supports_distributed=True):
         The minibatch's current examples are its last rows: DER prepends its buffer samples.
         """
         positions = self.minibatch_positions
-        if positions is None or not self.tagged:
+        if positions is None:  # no positions: the experience is not tagged (DDR leaves it alone)
             return
         outputs, labels = strategy.mb_output, strategy.mb_y
         if len(outputs) < len(positions):
@@ -254,20 +251,11 @@ def check_train_loader(strategy: Any) -> None:
         raise incompatible_strategy(strategy, "other data (its buffer)")
 
 
-__all__ = [
-    "NOT_FROM_EXPERIENCE",
+__all__ = [  # imported from here by tests and older checkpoints
     "POSITION_ATTRIBUTE",
     "BufferRefill",
     "DDRPlugin",
     "KeptExamplesUpdate",
-    "MinibatchPositions",
-    "PositionCollate",
-    "carries_positions",
-    "check_train_loader",
-    "experience_of_kept_examples",
-    "incompatible_strategy",
     "keep_only_positions",
-    "split_positions",
-    "storage_policies",
     "with_positions",
 ]

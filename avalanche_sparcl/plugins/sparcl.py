@@ -12,7 +12,6 @@ from avalanche_sparcl.plugins.dgm import DGMPlugin
 from avalanche_sparcl.plugins.masked_head import MaskedHeadPlugin
 from avalanche_sparcl.plugins.tdm import TDMPlugin
 from avalanche_sparcl.settings import OPTIONS, check_options, default, options_of
-from avalanche_sparcl.sparse.dynamic import check_tdm_options
 from avalanche_sparcl.validation import reject_unknown_options
 
 TDM_OPTIONS = set(options_of("tdm")) - {"sparsity"}
@@ -54,7 +53,7 @@ class SparCLPlugin(SupervisedPlugin, supports_distributed=True):
         # every option is checked, also those of a part switched off: a bad value is a mistake either way
         dense = check_options({"sparsity": sparsity})["sparsity"] == 0 and tdm_options.get("profile") is None
         if dense:
-            check_tdm_options({k: v for k, v in tdm_options.items() if k != "profile"})
+            check_options({k: v for k, v in tdm_options.items() if k != "profile"})
         self.tdm = None if dense else TDMPlugin(sparsity, **tdm_options)
         ddr = DDRPlugin(removal_ratio, **ddr_options)
         self.ddr = ddr if ddr.settings.removal_ratio != 0 else None

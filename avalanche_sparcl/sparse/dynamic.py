@@ -18,7 +18,6 @@ import torch
 from torch import Tensor, nn
 
 from avalanche_sparcl.distributed import check_agreement
-from avalanche_sparcl.settings import OPTIONS
 from avalanche_sparcl.sparse.importance import ContinualWeightImportance
 from avalanche_sparcl.sparse.layers import (
     default_sparse_weights,
@@ -42,14 +41,7 @@ from avalanche_sparcl.sparse.schedule import (
     space_updates,
     update_step,
 )
-from avalanche_sparcl.sparse.tdm_settings import (
-    TDM_OPTION_NAMES,
-    TDMSettings,
-    check_layer_ratios,
-    check_tdm_options,
-)
-
-REGROW_CRITERIA = OPTIONS["regrow"].range.choices
+from avalanche_sparcl.sparse.tdm_settings import TDMSettings
 
 ZERO_PRESERVING_OPTIMIZERS = (
     torch.optim.SGD,
@@ -373,13 +365,4 @@ class DynamicSparsity:
                 self.masks[name] = self.masks[name].to(param.device)
 
 
-__all__ = [
-    "REGROW_CRITERIA",
-    "TDM_OPTION_NAMES",
-    "ZERO_PRESERVING_OPTIMIZERS",
-    "DynamicSparsity",
-    "MaskUpdateRecord",
-    "TDMSettings",
-    "check_layer_ratios",
-    "check_tdm_options",
-]
+__all__ = ["ZERO_PRESERVING_OPTIMIZERS", "DynamicSparsity", "MaskUpdateRecord", "TDMSettings"]

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from avalanche_sparcl.settings import LAYER_RATIOS, check_options, default, options_of
 from avalanche_sparcl.sparse.layers import ProfileLike, load_profile
@@ -49,7 +47,7 @@ class TDMSettings:
         if self.profile is not None:
             object.__setattr__(self, "profile", load_profile(self.profile))
         options = {name: getattr(self, name) for name in TDM_OPTION_NAMES if name not in LAYER_RATIOS}
-        for name, value in check_tdm_options(options).items():
+        for name, value in check_options(options).items():
             object.__setattr__(self, name, value)
         for sparsity in self.layer_sparsities():  # the ratios' ranges narrowed to each layer's sparsity
             check_layer_ratios(sparsity, self.expand_ratio, self.mutate_ratio)
@@ -63,15 +61,6 @@ class TDMSettings:
 
 TDM_OPTION_NAMES = tuple(name for name in options_of("tdm") if name not in ("sparsity", "profile"))
 """TDM's options but the sparsity and the profile, each checked on its range in ``settings.OPTIONS``."""
-
-
-def check_tdm_options(options: Mapping[str, Any]) -> dict[str, Any]:
-    """Check each given TDM option on its own range; return them as plain Python values.
-
-    Independent of the sparsity, so a SparCL run with TDM switched off (sparsity 0) still refuses a
-    bad TDM option rather than ignoring it.
-    """
-    return check_options(options)
 
 
 def check_layer_ratios(sparsity: float, expand_ratio: float, mutate_ratio: float) -> None:

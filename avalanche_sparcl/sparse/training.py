@@ -25,11 +25,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from avalanche_sparcl.settings import check_options
 from avalanche_sparcl.sparse.dynamic import DynamicSparsity, TDMSettings
 from avalanche_sparcl.sparse.gradient_masks import GradientMasking
 from avalanche_sparcl.sparse.layers import default_sparse_weights, parameters_named
 from avalanche_sparcl.sparse.step_hooks import OptimizerStepHooks
-from avalanche_sparcl.validation import check_fraction, check_positive_int
 
 
 class SparseTraining:
@@ -72,9 +72,9 @@ class SparseTraining:
             names = default_sparse_weights(model, lambda: model(example_input))
             sparsities = dict.fromkeys(names, settings.sparsity)
         dynamic = DynamicSparsity(parameters_named(model, sparsities), sparsities, settings)
-        check_positive_int("refresh_every", refresh_every)
+        checked = check_options({"gradient_sparsity": gradient_sparsity, "refresh_every": refresh_every})
         gradient = None
-        if check_fraction("gradient_sparsity", gradient_sparsity) != 0:
+        if checked["gradient_sparsity"] != 0:
             gradient = GradientMasking({}, gradient_sparsity, refresh_every)
         engine = cls(dynamic, gradient)
         engine.follow(optimizer)
