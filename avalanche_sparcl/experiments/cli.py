@@ -50,6 +50,8 @@ from avalanche_sparcl.settings import OPTIONS
 
 USER_ERROR = 2
 TRAINING_FAILED = 1
+INTERRUPTED = 130
+"""128 + SIGINT, what a shell reports for a command stopped with Ctrl-C."""
 
 
 def seed_value(text: str) -> int:
@@ -257,6 +259,13 @@ def user_error_message(error: Exception) -> str | None:
     return None
 
 
+def interrupted_message(command: str) -> str:
+    """The line printed on Ctrl-C: a run keeps its last checkpoint, and the same command resumes it."""
+    if command == "run":
+        return "sparcl-bench: interrupted; the last checkpoint is kept (run the same command to resume)"
+    return "sparcl-bench: interrupted"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``sparcl-bench``; returns the exit code."""
     hide_avalanche_deprecation_notices()
@@ -271,6 +280,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except NonFiniteTrainingError as error:
         print(f"sparcl-bench: training failed: {error}; the last checkpoint is kept", file=sys.stderr)
         return TRAINING_FAILED
+    except KeyboardInterrupt:
+        # Ctrl-C is the user's choice, not a crash: one line, no traceback, the shell's code for SIGINT
+        print(interrupted_message(args.command), file=sys.stderr)
+        return INTERRUPTED
     except Exception as error:
         message = user_error_message(error)
         if message is None:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import stat
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,10 +87,40 @@ def results_record(values: dict[str, Any]) -> dict[str, Any]:
     return {name: values[name] for name in RESULT_FIELDS}
 
 
+def read_regular_file(path: Path) -> bytes:
+    """The bytes of ``path`` if it is a regular file; a ConfigError otherwise.
+
+    Opened without blocking and checked on the open descriptor: reading a named pipe called
+    results.json would wait forever for a writer, and a device could be endless.
+    """
+    descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    try:
+        mode = os.fstat(descriptor).st_mode
+        if not stat.S_ISREG(mode):
+            raise ConfigError(f"{path}: not a regular file ({file_kind(mode)}); a results.json is a file")
+        os.set_blocking(descriptor, True)
+        with os.fdopen(descriptor, "rb", closefd=False) as stream:
+            return stream.read()
+    finally:
+        os.close(descriptor)
+
+
+def file_kind(mode: int) -> str:
+    """What a non-regular file is, in words, for the refusal's message."""
+    kinds = (
+        (stat.S_ISDIR, "a folder"),
+        (stat.S_ISFIFO, "a named pipe"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    )
+    return next((name for test, name in kinds if test(mode)), "not a plain file")
+
+
 def read_results(path: Path) -> dict[str, Any]:
     """One results.json, checked enough that the report cannot crash on it; else a one-line ConfigError."""
     try:
-        run = json.loads(path.read_bytes().decode("utf-8"))
+        run = json.loads(read_regular_file(path).decode("utf-8"))
     except UnicodeDecodeError as error:
         raise ConfigError(f"{path}: not valid JSON (not UTF-8 text: {error.reason})") from None
     except json.JSONDecodeError as error:
