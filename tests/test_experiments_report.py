@@ -375,3 +375,58 @@ def test_a_corrupted_results_json_is_a_one_line_user_error(two_configs, tmp_path
     assert main(["report", str(tmp_path / "runs"), "--out", str(tmp_path / "out")]) == 2
     error = capsys.readouterr().err
     assert error.startswith(f"sparcl-bench: error: {path}: {problem}") and error.count("\n") == 1
+
+
+def flops_cell(table: str, method_label: str) -> str:
+    rows = [line for line in table.splitlines() if f"| {method_label} |" in line]
+    assert len(rows) == 1, rows
+    return rows[0].strip("|").split("|")[7].strip()
+
+
+def test_flops_ratio_pairs_the_sparse_run_with_the_dense_run_of_the_same_schedule(tmp_path):
+    configs = tmp_path / "configs"
+    dense_1 = write_config(configs, "dense_e1.yaml", "training: {strategy: der, buffer_size: 50, epochs: 1}\n")
+    dense_3 = write_config(configs, "dense_e3.yaml", "training: {strategy: der, buffer_size: 50, epochs: 3}\n")
+    sparse_3 = write_config(
+        configs, "sparse_e3.yaml", "training: {strategy: der, buffer_size: 50, epochs: 3}\nsparcl: {sparsity: 0.75}\n"
+    )
+    runs = tmp_path / "runs"
+    write_run(runs, fake_results(dense_1, 0, flops=1e9))  # listed first: the pairing must skip it
+    write_run(runs, fake_results(sparse_3, 0, flops=0.78e9))
+    table = write_report(runs, tmp_path / "out").table
+    assert flops_cell(table, "SparCL-DER++ 0.75") == "n/a (no dense run of this setup)"
+
+    write_run(runs, fake_results(dense_3, 0, flops=3e9))
+    table = write_report(runs, tmp_path / "out").table
+    assert flops_cell(table, "SparCL-DER++ 0.75") == "0.260"
+    assert flops_cell(table, "DER++ [dense_e3]") == "1.000"
+
+    dense_3_again = write_config(
+        configs, "dense_e3_copy.yaml", "training: {strategy: der, buffer_size: 50, epochs: 3}\n"
+    )
+    write_run(runs, fake_results(dense_3_again, 0, flops=2e9))
+    table = write_report(runs, tmp_path / "out").table
+    assert flops_cell(table, "SparCL-DER++ 0.75") == (
+        "n/a (2 dense runs of this setup: dense_e3, dense_e3_copy)"
+    )
+
+
+def test_flops_ratio_ignores_dense_runs_of_another_lr_model_width_or_smoke_flag(tmp_path):
+    configs = tmp_path / "configs"
+    sparse = write_config(
+        configs, "sparse.yaml", "training: {strategy: der, buffer_size: 50, lr: 0.1}\nsparcl: {sparsity: 0.75}\n"
+    )
+    others = [
+        write_config(configs, "dense_lr.yaml", "training: {strategy: der, buffer_size: 50, lr: 0.03}\n"),
+        write_config(
+            configs, "dense_width.yaml", "training: {strategy: der, buffer_size: 50, lr: 0.1}\nmodel: {width: 16}\n"
+        ),
+    ]
+    runs = tmp_path / "runs"
+    write_run(runs, fake_results(sparse, 0, flops=1e9))
+    for config in others:
+        write_run(runs, fake_results(config, 0, flops=4e9))
+    dense = write_config(configs, "dense.yaml", "training: {strategy: der, buffer_size: 50, lr: 0.1}\n")
+    write_run(runs, fake_results(dense, 0, smoke=True, flops=4e9))
+    table = write_report(runs, tmp_path / "out").table
+    assert flops_cell(table, "SparCL-DER++ 0.75") == "n/a (no dense run of this setup)"

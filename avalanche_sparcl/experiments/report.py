@@ -10,6 +10,7 @@ matrix and how weight density and kept data evolve during training.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from collections import Counter
 from collections.abc import Sequence
@@ -181,24 +182,52 @@ def unfinished_runs(runs_dir: Path) -> dict[Path, list[str]]:
     return dict(sorted(found.items()))
 
 
+SPARSE_CONFIG_KEYS = ("name", "description", "sparcl", "baseline")
+"""Config keys a sparse run and its dense reference may differ in: what makes one sparse, and names."""
+
+
+def dense_identity(summary: MethodSummary) -> str:
+    """The run's identity less its sparse sections, as canonical JSON: equal for a sparse run and the
+    dense run of the same benchmark, model, training schedule, process count, package version and
+    smoke flag. Results without an identity are compared on their config and smoke flag alone."""
+    run = summary.runs[0]
+    identity = run.get("identity") or {"config": run.get("config") or {}, "smoke": summary.smoke}
+    config = {key: value for key, value in identity["config"].items() if key not in SPARSE_CONFIG_KEYS}
+    reduced = {**identity, "config": config, "world_size": run.get("world_size", 1)}
+    return json.dumps(reduced, sort_keys=True, separators=(",", ":"), allow_nan=True)
+
+
+def dense_candidates(summary: MethodSummary, summaries: Sequence[MethodSummary]) -> list[MethodSummary]:
+    """The dense runs of the same identity less the sparse sections."""
+    identity = dense_identity(summary)
+    return [
+        candidate
+        for candidate in summaries
+        if candidate.method_kind == "dense" and dense_identity(candidate) == identity
+    ]
+
+
 def dense_reference(summary: MethodSummary, summaries: Sequence[MethodSummary]) -> MethodSummary | None:
-    """The dense run of the same benchmark, strategy and buffer size, smoke or not alike, if there is one."""
-    for candidate in summaries:
-        if (
-            candidate.method_kind == "dense"
-            and candidate.benchmark == summary.benchmark
-            and candidate.strategy == summary.strategy
-            and candidate.buffer_size == summary.buffer_size
-            and candidate.smoke == summary.smoke
-        ):
-            return candidate
-    return None
+    """The one dense run :func:`dense_candidates` finds, or None when there is none or several."""
+    candidates = dense_candidates(summary, summaries)
+    return candidates[0] if len(candidates) == 1 else None
 
 
 def flops_ratio(summary: MethodSummary, summaries: Sequence[MethodSummary]) -> float:
-    """Mean training FLOPs over those of the dense reference (nan without one)."""
+    """Mean training FLOPs over those of the dense reference (nan without exactly one)."""
     dense = dense_reference(summary, summaries)
     return math.nan if dense is None else summary.mean("train_flops") / dense.mean("train_flops")
+
+
+def flops_ratio_cell(summary: MethodSummary, summaries: Sequence[MethodSummary]) -> str:
+    """The table's "FLOPs / dense" cell: the ratio, or why there is none (never another run's ratio)."""
+    candidates = dense_candidates(summary, summaries)
+    if not candidates:
+        return "n/a (no dense run of this setup)"
+    if len(candidates) > 1:
+        names = ", ".join(sorted(candidate.name for candidate in candidates))
+        return f"n/a ({len(candidates)} dense runs of this setup: {names})"
+    return f"{flops_ratio(summary, summaries):.3f}"
 
 
 def format_flops(value: float) -> str:
@@ -220,12 +249,11 @@ def markdown_table(summaries: Sequence[MethodSummary]) -> str:
     matching dense run."""
     lines = [TABLE_HEADER, "|" + "---|" * TABLE_HEADER.count(" | ") + "---|"]
     for summary in summaries:
-        ratio = flops_ratio(summary, summaries)
         lines.append(
             f"| {summary.benchmark} | {summary.label} | {summary.buffer_size or '-'} "
             f"| {percent(summary, 'class_il_accuracy')} | {percent(summary, 'task_il_accuracy')} "
             f"| {percent(summary, 'class_il_forgetting')} | {format_flops(summary.mean('train_flops'))} "
-            f"| {'n/a' if math.isnan(ratio) else f'{ratio:.3f}'} | {summary.mean('weight_sparsity'):.3f} "
+            f"| {flops_ratio_cell(summary, summaries)} | {summary.mean('weight_sparsity'):.3f} "
             f"| {summary.mean('kept_data'):.3f} | {len(summary.runs)} |"
         )
     return "\n".join(lines)
