@@ -6,11 +6,11 @@ import gzip
 import os
 import zlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from avalanche.benchmarks import nc_benchmark
-from avalanche.benchmarks.classic import SplitCIFAR10, SplitCIFAR100, SplitTinyImageNet
 from avalanche.benchmarks.utils import _make_taskaware_tensor_classification_dataset
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
@@ -96,9 +96,10 @@ def expand_root(dataset_root: str | Path) -> Path:
 
 
 def check_dataset_files(benchmark: str, dataset_root: str | Path) -> Path:
-    """Return ``dataset_root`` as a Path if every expected file of ``benchmark`` is there.
+    """Return ``dataset_root`` as a Path if every expected file of ``benchmark`` is there and sound.
 
-    Raises DatasetNotFoundError naming the root and the missing files otherwise.
+    Raises DatasetNotFoundError naming the root and the missing files, or DatasetFormatError naming
+    a CIFAR file whose MD5 is not the original's or a Tiny-ImageNet class without images.
     """
     root = expand_root(dataset_root)
     expected = DATASET_FILES[benchmark]
@@ -109,7 +110,81 @@ def check_dataset_files(benchmark: str, dataset_root: str | Path) -> Path:
             f"missing {len(missing)} of the expected paths: {', '.join(missing)}. "
             "Put the extracted dataset there (see experiments/README.md) or change benchmark.dataset_root."
         )
+    if benchmark == "split_tinyimagenet":
+        check_tinyimagenet_classes(root)
+    else:
+        check_cifar_checksums(benchmark, root)
     return root
+
+
+def cifar_dataset_class(benchmark: str) -> type:
+    """torchvision's dataset class of a CIFAR benchmark, which knows each file's MD5."""
+    from torchvision.datasets import CIFAR10, CIFAR100
+
+    return CIFAR10 if benchmark == "split_cifar10" else CIFAR100
+
+
+def check_cifar_checksums(benchmark: str, root: Path) -> None:
+    """DatasetFormatError naming the first CIFAR file whose MD5 is not torchvision's.
+
+    Checked here because torchvision's own check, on a mismatch, downloads the archive again (with
+    ``download=True``, as Avalanche calls it) or says only "not found or corrupted".
+    """
+    from torchvision.datasets.utils import check_integrity
+
+    dataset = cifar_dataset_class(benchmark)
+    for name, md5 in [
+        *dataset.train_list,
+        *dataset.test_list,
+        (dataset.meta["filename"], dataset.meta["md5"]),
+    ]:
+        path = root / dataset.base_folder / name
+        if not check_integrity(str(path), md5):
+            raise DatasetFormatError(
+                f"{path}: not the original {dataset.__name__} file (its MD5 is not {md5}): corrupt, "
+                "truncated or from another version; extract it again from the original archive"
+            )
+
+
+TINYIMAGENET_CLASSES = 200
+
+
+def check_tinyimagenet_classes(root: Path) -> None:
+    """DatasetFormatError unless wnids.txt names 200 classes and each has train and validation images:
+    Avalanche's loader assumes all 200 and fails inside the benchmark otherwise."""
+    folder = root / "tiny-imagenet-200"
+    wnids_path = folder / "wnids.txt"
+    try:
+        wnids = list(
+            dict.fromkeys(line.strip() for line in wnids_path.read_text().splitlines() if line.strip())
+        )
+        annotations_path = folder / "val" / "val_annotations.txt"
+        validated = {
+            fields[1]
+            for fields in (line.split("\t") for line in annotations_path.read_text().splitlines())
+            if len(fields) > 1
+        }
+    except (OSError, UnicodeDecodeError) as error:
+        raise DatasetFormatError(f"{wnids_path.parent}: cannot read its class lists ({error})") from None
+    if len(wnids) != TINYIMAGENET_CLASSES:
+        raise DatasetFormatError(
+            f"{wnids_path}: names {len(wnids)} classes, Tiny-ImageNet has {TINYIMAGENET_CLASSES}"
+        )
+    for wnid in wnids:
+        images = folder / "train" / wnid / "images"
+        if not has_a_file(images):
+            raise DatasetFormatError(f"{images}: no training image of class {wnid} (missing or empty folder)")
+        if wnid not in validated:
+            raise DatasetFormatError(f"{annotations_path}: no validation image of class {wnid}")
+
+
+def has_a_file(folder: Path) -> bool:
+    """Whether ``folder`` is a folder holding at least one file (stops at the first)."""
+    try:
+        with os.scandir(folder) as entries:
+            return any(entry.is_file() for entry in entries)
+    except OSError:
+        return False
 
 
 class DatasetFormatError(ValueError):
@@ -224,14 +299,52 @@ def check_fmnist_split(images: Path, labels: Path, image_dims: tuple[int, ...], 
         raise DatasetFormatError(f"{images} holds {image_dims[0]} images but {labels} {n_labels} labels")
 
 
+def check_fmnist_labels(images_path: Path, labels_path: Path, labels: np.ndarray) -> None:
+    """At least one image, labels 0 to 9, and every class among them: each experience of the
+    benchmark needs its classes in both train and test (Avalanche fails deep inside otherwise)."""
+    if len(labels) == 0:
+        raise DatasetFormatError(
+            f"{images_path}: holds no images; Split Fashion-MNIST needs every class in train and test"
+        )
+    if int(labels.max()) >= FMNIST_CLASSES:
+        raise DatasetFormatError(
+            f"{labels_path}: label {int(labels.max())} found, Fashion-MNIST's are 0 to {FMNIST_CLASSES - 1}"
+        )
+    counts = np.bincount(labels, minlength=FMNIST_CLASSES)
+    missing = [str(label) for label in range(FMNIST_CLASSES) if counts[label] == 0]
+    if missing:
+        raise DatasetFormatError(
+            f"{labels_path}: no example of class{'es' * (len(missing) > 1)} {', '.join(missing)} among its "
+            f"{len(labels)} labels; Split Fashion-MNIST needs every one of its {FMNIST_CLASSES} classes "
+            "in train and test"
+        )
+
+
+def check_image_file_size(path: Path, dims: tuple[int, ...]) -> None:
+    """A plain (not gzipped) idx file's size against its header, from the file system alone."""
+    if path.suffix == ".gz":
+        return
+    expected = int(np.prod(dims))
+    held = path.stat().st_size - 4 * (1 + len(dims))
+    if held != expected:
+        raise DatasetFormatError(
+            f"{path}: idx header promises {expected} bytes of data for sizes {dims}, the file holds "
+            f"{held}; the file is truncated or corrupt"
+        )
+
+
 def check_fmnist_files(dataset_root: str | Path | None = None) -> dict[str, Path]:
-    """:func:`fmnist_files` plus a header check of each file, cheap enough to run before training."""
+    """:func:`fmnist_files` plus the checks of :func:`load_fmnist` that are cheap enough to run
+    before the run folder is made: each header, the image files' sizes, and the labels in full
+    (every class present in train and test)."""
     files = fmnist_files(dataset_root)
     for split in ("train", "test"):
-        images, labels = files[f"{split}_images"], files[f"{split}_labels"]
+        images, labels_path = files[f"{split}_images"], files[f"{split}_labels"]
         image_dims, _ = read_idx(images, IDX_IMAGES_MAGIC, header_only=True)
-        (n_labels,), _ = read_idx(labels, IDX_LABELS_MAGIC, header_only=True)
-        check_fmnist_split(images, labels, image_dims, n_labels)
+        (n_labels,), labels = read_idx(labels_path, IDX_LABELS_MAGIC)
+        check_fmnist_split(images, labels_path, image_dims, n_labels)
+        check_image_file_size(images, image_dims)
+        check_fmnist_labels(images, labels_path, labels)
     return files
 
 
@@ -240,10 +353,7 @@ def load_fmnist_split(images_path: Path, labels_path: Path) -> tuple[torch.Tenso
     image_dims, pixels = read_idx(images_path, IDX_IMAGES_MAGIC)
     (n_labels,), labels = read_idx(labels_path, IDX_LABELS_MAGIC)
     check_fmnist_split(images_path, labels_path, image_dims, n_labels)
-    if n_labels and int(labels.max()) >= FMNIST_CLASSES:
-        raise DatasetFormatError(
-            f"{labels_path}: label {int(labels.max())} found, Fashion-MNIST's are 0 to {FMNIST_CLASSES - 1}"
-        )
+    check_fmnist_labels(images_path, labels_path, labels)
     images = pixels.astype(np.float32)[:, None]  # a writable copy, which torch.from_numpy wants
     images /= 255
     return torch.from_numpy(images), torch.from_numpy(labels.astype(np.int64))
@@ -278,11 +388,8 @@ def split_fmnist(
     )
 
 
-CLASSIC_BENCHMARKS = {
-    "split_cifar10": (SplitCIFAR10, 10),
-    "split_cifar100": (SplitCIFAR100, 100),
-    "split_tinyimagenet": (SplitTinyImageNet, 200),
-}
+CLASSIC_BENCHMARKS = {"split_cifar10": 10, "split_cifar100": 100, "split_tinyimagenet": 200}
+"""Benchmark -> number of classes, taken in their natural order."""
 
 
 def classic_benchmark(
@@ -294,14 +401,61 @@ def classic_benchmark(
     uses Avalanche's default augmentation (random crop, flip).
     """
     root = check_dataset_files(name, dataset_root)
-    benchmark_class, n_classes = CLASSIC_BENCHMARKS[name]
-    return benchmark_class(
-        n_experiences,
-        return_task_id=return_task_id,
+    n_classes = CLASSIC_BENCHMARKS[name]
+    train, test = classic_datasets(name, root)
+    train_transform, eval_transform = classic_transforms(name)
+    # what Avalanche's SplitCIFAR10 / SplitCIFAR100 / SplitTinyImageNet do, with their datasets
+    # built here never to download
+    return nc_benchmark(
+        train_dataset=train,
+        test_dataset=test,
+        n_experiences=n_experiences,
+        task_labels=return_task_id,
         seed=seed,
         fixed_class_order=list(range(n_classes)),
-        dataset_root=root,
+        shuffle=True,
+        class_ids_from_zero_in_each_exp=False,
+        class_ids_from_zero_from_first_exp=False,
+        train_transform=train_transform,
+        eval_transform=eval_transform,
     )
+
+
+def classic_datasets(name: str, root: Path) -> tuple[Any, Any]:
+    """The train and test datasets of a classic benchmark from ``root``, with ``download=False``:
+    offline data that fails a check is an error naming it, never a download."""
+    if name == "split_tinyimagenet":
+        from avalanche.benchmarks.datasets import TinyImagenet
+
+        def make(train: bool) -> Any:
+            return TinyImagenet(root=root, train=train, download=False)
+    else:
+        dataset_class = cifar_dataset_class(name)
+
+        def make(train: bool) -> Any:
+            return dataset_class(str(root), train=train, download=False)
+
+    try:
+        return make(True), make(False)
+    except (RuntimeError, OSError, KeyError, ValueError) as error:
+        raise DatasetFormatError(
+            f"{name}: the data under dataset_root {str(root)!r} cannot be read ({error})"
+        ) from None
+
+
+def classic_transforms(name: str) -> tuple[Any, Any]:
+    """Avalanche's default train (augmenting) and eval transforms of a classic benchmark."""
+    if name == "split_cifar10":
+        from avalanche.benchmarks.classic import ccifar10 as module
+
+        return module._default_cifar10_train_transform, module._default_cifar10_eval_transform
+    if name == "split_cifar100":
+        from avalanche.benchmarks.classic import ccifar100 as module
+
+        return module._default_cifar100_train_transform, module._default_cifar100_eval_transform
+    from avalanche.benchmarks.classic import ctiny_imagenet as module
+
+    return module._default_train_transform, module._default_eval_transform
 
 
 def split_cifar10(

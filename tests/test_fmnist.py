@@ -247,6 +247,53 @@ def test_count_mismatch_truncation_and_broken_gzip_are_named(tmp_path):
     assert str(raised.value) == f"{gz}: cannot read this idx file (Not a gzipped file (b'no'))"
 
 
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_a_class_missing_from_the_labels_is_named_before_loading(tmp_path, split):
+    arrays = synthetic_fmnist()
+    labels = arrays[f"{split}_labels"]
+    labels[labels == 3] = 4  # no example of class 3 left
+    if split == "train":
+        labels[labels == 8] = 9
+    write_fmnist(tmp_path, arrays, compressed=True)
+    path = tmp_path / f"{FMNIST_FILES[f'{split}_labels']}.gz"
+    missing = "classes 3, 8" if split == "train" else "class 3"
+    message = (
+        f"{path}: no example of {missing} among its {len(labels)} labels; Split Fashion-MNIST needs every "
+        "one of its 10 classes in train and test"
+    )
+    for read in (load_fmnist, check_fmnist_files):
+        with pytest.raises(DatasetFormatError) as raised:
+            read(tmp_path)
+        assert str(raised.value) == message
+
+
+def test_files_without_images_are_named_before_loading(tmp_path):
+    arrays = synthetic_fmnist()
+    arrays["test_images"] = arrays["test_images"][:0]
+    arrays["test_labels"] = arrays["test_labels"][:0]
+    write_fmnist(tmp_path, arrays, compressed=False)
+    images = tmp_path / FMNIST_FILES["test_images"]
+    for read in (load_fmnist, check_fmnist_files):
+        with pytest.raises(DatasetFormatError) as raised:
+            read(tmp_path)
+        assert str(raised.value) == (
+            f"{images}: holds no images; Split Fashion-MNIST needs every class in train and test"
+        )
+
+
+def test_a_truncated_plain_images_file_is_found_by_the_cheap_check(tmp_path):
+    arrays = synthetic_fmnist()
+    write_fmnist(tmp_path, arrays, compressed=False)
+    images = tmp_path / FMNIST_FILES["test_images"]
+    images.write_bytes(images.read_bytes()[:-1])
+    with pytest.raises(DatasetFormatError) as raised:
+        check_fmnist_files(tmp_path)
+    assert str(raised.value) == (
+        f"{images}: idx header promises 7840 bytes of data for sizes (10, 28, 28), the file holds 7839; "
+        "the file is truncated or corrupt"
+    )
+
+
 # --- configs and the command line -----------------------------------------------------------------
 
 FMNIST_ER = """
@@ -322,6 +369,22 @@ def test_cli_on_a_corrupt_file_exits_2_and_names_it(tmp_path, capsys):
     assert capsys.readouterr().err == (
         f"sparcl-bench: error: {path}: {labels}: not an idx file of the expected kind (magic number "
         "0x00000801 expected, got 0x00000803); the file is corrupt or from another dataset\n"
+    )
+    assert not (tmp_path / "runs").exists()
+
+
+def test_cli_on_a_missing_class_exits_2_before_making_the_run_folder(tmp_path, capsys):
+    arrays = synthetic_fmnist()
+    arrays["test_labels"][arrays["test_labels"] == 0] = 1
+    write_fmnist(tmp_path / "data", arrays, compressed=False)
+    labels = tmp_path / "data" / FMNIST_FILES["test_labels"]
+    path = write_config(tmp_path, tmp_path / "data")
+    assert main(["run", str(path), "--quiet", "--out", str(tmp_path / "runs")]) == 2
+    captured = capsys.readouterr()
+    assert (captured.out, captured.err) == (
+        "",
+        f"sparcl-bench: error: {path}: {labels}: no example of class 0 among its 10 labels; Split "
+        "Fashion-MNIST needs every one of its 10 classes in train and test\n",
     )
     assert not (tmp_path / "runs").exists()
 
