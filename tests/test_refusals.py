@@ -8,7 +8,12 @@ import threading
 from pathlib import Path
 
 import pytest
+import torch
+from avalanche.training import Naive
+from conftest import RULES_OFF, TDM_RULES_OFF, make_tensor_benchmark, quiet_evaluator
+from torch import nn
 
+from avalanche_sparcl import SparCLPlugin, TDMPlugin
 from avalanche_sparcl.experiments import cli
 from avalanche_sparcl.experiments.cli import main
 
@@ -81,3 +86,62 @@ def test_report_refuses_a_folder_called_results_json(tmp_path, capsys):
     assert capsys.readouterr().err == (
         f"sparcl-bench: error: {folder}: not a regular file (a folder); a results.json is a file\n"
     )
+
+
+# --- two owners of weight masks in one strategy -------------------------------------------------------
+
+
+def two_owner_strategy(plugins: list):
+    model = nn.Sequential(
+        nn.Flatten(), nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 4)
+    )
+    strategy = Naive(
+        model=model,
+        optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+        train_mb_size=16,
+        train_epochs=1,
+        plugins=plugins,
+        evaluator=quiet_evaluator(),
+    )
+    return strategy, model
+
+
+@pytest.mark.parametrize(
+    ("make_plugins", "named"),
+    [
+        (
+            lambda: [TDMPlugin(0.5, **TDM_RULES_OFF), TDMPlugin(0.9, **TDM_RULES_OFF)],
+            "TDMPlugin (plugins[0]) and TDMPlugin (plugins[1])",
+        ),
+        (
+            lambda: [SparCLPlugin(0.5, removal_ratio=0.0, **RULES_OFF), TDMPlugin(0.9, **TDM_RULES_OFF)],
+            "SparCLPlugin (plugins[0], its TDM part) and TDMPlugin (plugins[1])",
+        ),
+        (
+            lambda: [TDMPlugin(0.9, **TDM_RULES_OFF), SparCLPlugin(0.5, **RULES_OFF)],
+            "TDMPlugin (plugins[0]) and SparCLPlugin (plugins[1], its TDM part)",
+        ),
+    ],
+    ids=["two-tdm", "sparcl-then-tdm", "tdm-then-sparcl"],
+)
+def test_two_owners_of_weight_masks_are_refused_before_the_first_step(make_plugins, named):
+    benchmark = make_tensor_benchmark(8, 4, 2, (8,))
+    strategy, model = two_owner_strategy(make_plugins())
+    before = [param.detach().clone() for param in model.parameters()]
+    with pytest.raises(ValueError) as raised:
+        strategy.train(benchmark.train_stream[0])
+    assert str(raised.value) == (
+        f"{named} both own weight masks in one strategy: their masks would intersect (the network ends "
+        "sparser than any of them asks); use one of them (SparCLPlugin holds its own TDM: give it the "
+        "sparsity and profile instead of adding a TDMPlugin)"
+    )
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+
+
+def test_one_owner_with_a_dense_sparcl_plugin_still_trains():
+    """A SparCLPlugin with sparsity 0 has no TDM part: it owns no masks, so a TDMPlugin beside it is fine."""
+    benchmark = make_tensor_benchmark(8, 4, 2, (8,))
+    tdm = TDMPlugin(0.5, **TDM_RULES_OFF)
+    strategy, _ = two_owner_strategy([SparCLPlugin(0.0, gradient_sparsity=0.0, removal_ratio=0.0), tdm])
+    strategy.train(benchmark.train_stream[0])
+    assert tdm.masks

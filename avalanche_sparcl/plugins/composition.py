@@ -8,7 +8,8 @@ names, so no plugin module imports another to check an order:
   trained (the reservoir); its storage policy says ``fills_every_step`` to DDR, which then leaves it
   out of the buffers to narrow (it only ever sees minibatches trained on);
 - ``owns_weight_masks``: holds weight masks and applies, at its optimizer steps, the gradient masks
-  handed to it with ``use_gradient_masking`` (TDM).
+  handed to it with ``use_gradient_masking`` (TDM); one strategy has at most one such plugin or part
+  (:func:`refuse_two_weight_mask_owners`).
 
 ``SparCLPlugin`` runs its parts in the fixed order DDR, masked head, TDM (with DGM's gradient masks at
 its optimizer step), DGM alone; a standalone ``DGMPlugin`` hands its masks to the weight-mask owner
@@ -42,6 +43,32 @@ def first_logit_rewriter_before(plugin: Any, plugins: list[Any]) -> Any | None:
         if declares(other, "rewrites_logits"):
             return other
     return None
+
+
+def refuse_two_weight_mask_owners(plugins: list[Any]) -> None:
+    """A ValueError naming them when more than one plugin (or part) owns weight masks.
+
+    Two owners each prune the model to their own target and zero what the other pruned, so the
+    network ends far sparser than either asked (targets 0.5 and 0.9 gave a density of 0.095), or
+    their optimizer hooks trip over each other; one mask owner per strategy, refused before training.
+    """
+    owners = [
+        (index, plugin) for index, plugin in enumerate(plugins) if declares(plugin, "owns_weight_masks")
+    ]
+    if len(owners) < 2:
+        return
+    named = [
+        f"{type(plugin).__name__} (plugins[{index}]"
+        + ("" if getattr(plugin, "owns_weight_masks", False) else ", its TDM part")
+        + ")"
+        for index, plugin in owners
+    ]
+    raise ValueError(
+        f"{', '.join(named[:-1])} and {named[-1]} {'both' if len(named) == 2 else 'all'} own weight masks "
+        "in one strategy: their masks would "
+        "intersect (the network ends sparser than any of them asks); use one of them (SparCLPlugin holds "
+        "its own TDM: give it the sparsity and profile instead of adding a TDMPlugin)"
+    )
 
 
 def weight_mask_owner_before(plugin: Any, plugins: list[Any]) -> Any | None:

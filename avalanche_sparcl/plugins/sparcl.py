@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from avalanche.core import SupervisedPlugin
 
+from avalanche_sparcl.plugins.composition import refuse_two_weight_mask_owners
 from avalanche_sparcl.plugins.ddr import DDRPlugin
 from avalanche_sparcl.plugins.dgm import DGMPlugin
 from avalanche_sparcl.plugins.masked_head import MaskedHeadPlugin
@@ -99,7 +100,8 @@ class SparCLPlugin(SupervisedPlugin, supports_distributed=True):
             getattr(part, hook)(strategy, **kwargs)
 
     def before_training(self, strategy: Any, **kwargs: Any) -> None:
-        """Refusals first (DDR's), before anything is changed."""
+        """Refusals first (a second owner of weight masks, DDR's), before anything is changed."""
+        refuse_two_weight_mask_owners(list(strategy.plugins))
         self._run_parts("before_training", strategy, kwargs)
 
     def after_train_dataset_adaptation(self, strategy: Any, **kwargs: Any) -> None:
