@@ -16,6 +16,7 @@ from torch import nn
 from avalanche_sparcl import SparCLPlugin, TDMPlugin
 from avalanche_sparcl.experiments import cli
 from avalanche_sparcl.experiments.cli import main
+from avalanche_sparcl.models import SmallCNN
 
 # --- Ctrl-C -------------------------------------------------------------------------------------------
 
@@ -145,3 +146,49 @@ def test_one_owner_with_a_dense_sparcl_plugin_still_trains():
     strategy, _ = two_owner_strategy([SparCLPlugin(0.0, gradient_sparsity=0.0, removal_ratio=0.0), tdm])
     strategy.train(benchmark.train_stream[0])
     assert tdm.masks
+
+
+# --- profiles never mask biases or normalisation parameters -------------------------------------------
+
+PROFILE_CONFIG = """
+benchmark: {name: split_digits}
+model: {name: small_cnn}
+training: {strategy: naive, epochs: 1}
+sparcl: {sparsity: 0.5, profile: profile.yaml}
+"""
+NEVER_MASKED = (
+    "profile names biases or normalisation parameters, which SparCL never masks: conv2.bias (Conv2d bias), "
+    "bn2.weight (BatchNorm2d weight); a profile names convolution and Linear weights"
+)
+
+
+def test_a_profile_masking_a_bias_or_batchnorm_is_refused_before_any_run_folder(tmp_path, capsys):
+    (tmp_path / "profile.yaml").write_text(
+        "prune_ratios:\n  conv2.weight: 0.5\n  conv2.bias: 0.5\n  bn2.weight: 0.5\n  conv3.weight: 0.5\n"
+    )
+    config = tmp_path / "config.yaml"
+    config.write_text(PROFILE_CONFIG)
+    assert main(["run", str(config), "--smoke", "--quiet", "--out", str(tmp_path / "runs")]) == 2
+    captured = capsys.readouterr()
+    assert (captured.out, captured.err) == (
+        "",
+        f"sparcl-bench: error: {config}: sparcl.profile does not fit model 'small_cnn': {NEVER_MASKED}\n",
+    )
+    assert not (tmp_path / "runs").exists()
+
+
+def test_tdm_plugin_refuses_a_profile_masking_a_bias_or_batchnorm_at_its_first_use():
+    model = SmallCNN(4, in_channels=1, width=4)
+    profile = {"conv2.weight": 0.5, "conv2.bias": 0.5, "bn2.weight": 0.5}
+    strategy = Naive(
+        model=model,
+        optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+        train_mb_size=8,
+        train_epochs=1,
+        plugins=[TDMPlugin(0.5, profile=profile, **TDM_RULES_OFF)],
+        evaluator=quiet_evaluator(),
+    )
+    benchmark = make_tensor_benchmark(8, 4, 2, (1, 8, 8))
+    with pytest.raises(ValueError) as raised:
+        strategy.train(benchmark.train_stream[0])
+    assert str(raised.value) == NEVER_MASKED

@@ -171,8 +171,23 @@ def parameters_named(model: nn.Module, names: Iterable[str]) -> dict[str, nn.Par
     return {name: current[name] for name in names}
 
 
+def never_masked(model: nn.Module, names: Iterable[str]) -> list[str]:
+    """Those of ``names`` that are biases or normalisation parameters, each with what it is: SparCL
+    never masks them (pruning a BatchNorm scale silences whole channels)."""
+    kinds: dict[str, str] = {}
+    for module_name, module in model.named_modules():
+        for param_name, _ in module.named_parameters(recurse=False):
+            full_name = f"{module_name}.{param_name}" if module_name else param_name
+            if isinstance(module, NORMALISATION_MODULES):
+                kinds[full_name] = f"{type(module).__name__} {param_name}"
+            elif param_name == "bias":
+                kinds[full_name] = f"{type(module).__name__} bias"
+    return [f"{name} ({kinds[name]})" for name in names if name in kinds]
+
+
 def resolve_profile(model: nn.Module, ratios: Mapping[str, float]) -> dict[str, nn.Parameter]:
-    """The model's parameters named by a profile; unknown names raise one error listing them all."""
+    """The model's parameters named by a profile; unknown names raise one error listing them all, as
+    do biases and normalisation parameters."""
     params = dict(model.named_parameters())
     unknown = [name for name in ratios if name not in params]
     if unknown:
@@ -183,5 +198,11 @@ def resolve_profile(model: nn.Module, ratios: Mapping[str, float]) -> dict[str, 
         raise ValueError(
             f"profile names parameters that do not train (requires_grad=False): {', '.join(frozen)}; "
             "SparCL masks only weights the optimizer updates"
+        )
+    refused = never_masked(model, ratios)
+    if refused:
+        raise ValueError(
+            "profile names biases or normalisation parameters, which SparCL never masks: "
+            f"{', '.join(refused)}; a profile names convolution and Linear weights"
         )
     return {name: params[name] for name in ratios}
