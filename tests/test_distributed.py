@@ -136,23 +136,6 @@ def test_a_resumed_two_process_run_equals_the_uninterrupted_one(runner_in_two_ra
     assert json.loads((run_dirs[1] / "results.json").read_text())["mask_digests"] == results["mask_digests"]
 
 
-def test_nproc_relaunches_the_command_under_torchs_launcher(monkeypatch, tmp_path):
-    launched = []
-    monkeypatch.delenv("LOCAL_RANK", raising=False)
-    monkeypatch.setattr(cli.subprocess, "run", lambda command, check: launched.append(command) or Done())
-    config = str(CONFIG)
-    arguments = ["run", config, "--seeds", "0", "--nproc", "2", "--quiet", "--out", str(tmp_path)]
-    assert cli.main(arguments) == 7
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    worker_arguments = ["run", config, "--seeds", "0", "--quiet", "--out", str(tmp_path)]
-    assert launched == [[*launcher, "-m", "avalanche_sparcl.experiments.cli", *worker_arguments]]
-    assert not any(tmp_path.iterdir())  # the launcher's processes write the runs, not this one
-
-
-class Done:
-    returncode = 7
-
-
 def test_nproc_must_be_a_positive_integer(capsys):
     with pytest.raises(SystemExit):
         cli.main(["run", "x.yaml", "--nproc", "0"])

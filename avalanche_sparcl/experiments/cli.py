@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -143,13 +142,17 @@ def run_command(args: argparse.Namespace, argv: Sequence[str]) -> int:
     configs = [load_config(path) for path in args.configs]
     check_runnable(configs, args.device, args.smoke, args.out)
     check_processes(args.nproc, args.device)
-    if args.nproc > 1 and LAUNCHED_RANK not in os.environ:
-        return launch_processes(args.nproc, argv)
-    if LAUNCHED_RANK in os.environ and not is_distributed():
-        join_process_group(args.device)
     options = RunOptions(
         out_dir=args.out, device=args.device, quiet=args.quiet, smoke=args.smoke, restart=args.restart
     )
+    if args.nproc > 1 and LAUNCHED_RANK not in os.environ:
+        from avalanche_sparcl.experiments.launch import launch_processes
+
+        return launch_processes(args.nproc, argv, configs, args.seeds, options)
+    if LAUNCHED_RANK in os.environ and not is_distributed():
+        from avalanche_sparcl.experiments.launch import join_process_group
+
+        join_process_group(args.device)
     for config in configs:
         for seed in args.seeds:
             results = run_experiment(config, seed, options)
@@ -181,39 +184,6 @@ def check_processes(nproc: int, device: str) -> None:
 
 LAUNCHED_RANK = "LOCAL_RANK"
 """Set by torch's launcher in every process it starts."""
-
-
-def launch_processes(nproc: int, argv: Sequence[str]) -> int:
-    """Run this command in ``nproc`` processes under torch's launcher; its exit code.
-
-    The processes get the arguments without ``--nproc`` (the launcher would read it as its own
-    ``--nproc-per-node``); they know they are launched from ``LOCAL_RANK``.
-    """
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
-    command = [*launcher, "-m", "avalanche_sparcl.experiments.cli", *without_nproc(argv)]
-    return subprocess.run(command, check=False).returncode
-
-
-def without_nproc(argv: Sequence[str]) -> list[str]:
-    """``argv`` less its ``--nproc N`` or ``--nproc=N``."""
-    kept: list[str] = []
-    skip_value = False
-    for argument in argv:
-        if skip_value:
-            skip_value = False
-        elif argument == "--nproc":
-            skip_value = True
-        elif not argument.startswith("--nproc="):
-            kept.append(argument)
-    return kept
-
-
-def join_process_group(device: str) -> None:
-    """Join the launcher's process group: gloo on CPU, NCCL (one GPU per process) on CUDA."""
-    from avalanche.distributed import DistributedHelper
-
-    use_cuda = device == "cuda"
-    DistributedHelper.init_distributed(0, backend="nccl" if use_cuda else "gloo", use_cuda=use_cuda)
 
 
 def report_command(args: argparse.Namespace) -> int:

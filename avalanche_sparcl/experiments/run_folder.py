@@ -2,16 +2,18 @@
 
 A folder is only reused for the run that produced it: ``run.json`` (written before training) and
 results.json carry the run's identity and fingerprint (see ``fingerprint``), a checkpoint is resumed
-and a finished run skipped only on an equal fingerprint, and ``run.lock`` keeps a second process out
-while one runs it.
+and a finished run skipped only on an equal fingerprint, and ``run.lock`` (with a lock keyed by the
+folder's path outside it) keeps a second process out while one runs it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -98,34 +100,60 @@ def write_holder(descriptor: int) -> None:
     os.write(descriptor, f"{os.getpid()}\n".encode())
 
 
+RUN_FOLDERS_HELD_BY = "SPARCL_BENCH_RUN_FOLDERS_HELD_BY"
+"""Set by ``sparcl-bench run --nproc`` for the processes it launches: the pid of the command, which
+holds their run folders' locks (see ``launch``), so rank 0 takes a lock held by that pid as its own."""
+
+
+def folder_key_lock(run_dir: Path) -> Path:
+    """The lock file outside ``run_dir`` that holds it, keyed by its absolute path: deleting the run
+    folder (and run.lock with it) while a run is going does not let a second process start on it."""
+    user = os.getuid() if hasattr(os, "getuid") else os.environ.get("USERNAME", "user")
+    folder = Path(tempfile.gettempdir()) / f"sparcl-bench-locks-{user}"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    key = hashlib.sha256(os.path.realpath(run_dir).encode("utf-8", "surrogateescape")).hexdigest()
+    return folder / f"{key[:32]}.lock"
+
+
 class RunLock:
     """Holds a run folder for one process, from before it reads the folder until the run ends.
 
-    A ``filelock`` lock on ``run.lock``: an OS lock, which is dropped however the process ends, so
-    the file a killed run leaves behind (with the holder's pid, for the message) blocks nobody. Where
-    the platform has no such lock, taking it raises instead of running unguarded.
+    ``filelock`` locks on ``run.lock`` and on a file keyed by the folder's path outside it (in the
+    temporary folder, see :func:`folder_key_lock`): OS locks, which are dropped however the process
+    ends, so the files a killed run leaves behind (with the holder's pid, for the message) block
+    nobody. Where the platform has no such lock, taking it raises instead of running unguarded.
     """
 
     def __init__(self, run_dir: Path) -> None:
         self.path = Path(run_dir) / LOCK_NAME
-        self.lock = FileLock(self.path, timeout=0, preserve_lock_file=True, on_acquired=write_holder)
+        self.key_path = folder_key_lock(Path(run_dir))
+        self.locks = [
+            FileLock(path, timeout=0, preserve_lock_file=True, on_acquired=write_holder)
+            for path in (self.key_path, self.path)
+        ]
 
     def __enter__(self) -> RunLock:
-        try:
-            self.lock.acquire()
-        except Timeout:
+        held_by_command = os.environ.get(RUN_FOLDERS_HELD_BY)
+        for lock in self.locks:
             try:
-                holder = self.path.read_text().strip() or "unknown"
-            except OSError:  # Windows: the holder's lock also keeps others from reading
-                holder = "unknown"
-            raise RunFolderError(
-                f"{self.path.parent} is being run by another process (pid {holder}); "
-                "wait for it to finish, or use another --out"
-            ) from None
+                lock.acquire()
+            except Timeout:
+                try:
+                    holder = Path(lock.lock_file).read_text().strip() or "unknown"
+                except OSError:  # Windows: the holder's lock also keeps others from reading
+                    holder = "unknown"
+                if holder == held_by_command:
+                    continue  # the command that launched this process holds the folder for it
+                self.__exit__()
+                raise RunFolderError(
+                    f"{self.path.parent} is being run by another process (pid {holder}); "
+                    "wait for it to finish, or use another --out"
+                ) from None
         return self
 
     def __exit__(self, *exception: object) -> None:
-        self.lock.release()
+        for lock in reversed(self.locks):
+            lock.release()
 
 
 def read_json_record(path: Path) -> dict[str, Any] | None:
