@@ -15,10 +15,14 @@ system error (full disk, no permission) also exit with code 2 and one line namin
 Training that turns non-finite stops with exit code 1 and a message naming the experience, epoch and
 iteration.
 
-``--nproc N`` trains each run data-parallel in N processes on this machine: the command starts itself
-again under torch's launcher (``python -m torch.distributed.run --standalone --nproc_per_node N``),
-each process joins the group (gloo on CPU, NCCL on CUDA, one GPU per process) and rank 0 alone writes
-run folders, logs, checkpoints and results.json.
+``--nproc N`` trains each run data-parallel in N processes on this machine: the command claims and
+checks its run folders, then starts itself again under torch's launcher (``launch``: torch's elastic
+agent, ``--standalone --nproc_per_node N``); each process joins the group (gloo on CPU, NCCL on CUDA,
+one GPU per process) and rank 0 alone writes run folders, logs, checkpoints and results.json. The
+command waits for the launcher and forwards SIGINT, SIGTERM and SIGHUP to it, and the launcher and
+ranks end when their parent does, so no process of the run outlives the command. Errors the ranks
+find are printed once, with the exit codes above; a collective waits at most
+``SPARCL_COLLECTIVE_TIMEOUT_S`` seconds (default 300) for the other ranks.
 """
 
 from __future__ import annotations
