@@ -304,13 +304,15 @@ def test_torchs_launcher_runs_each_rank_as_this_module():
 
 
 def test_the_ranks_messages_are_recorded_and_printed_once(tmp_path, capsys):
-    for rank, text in ((1, "sparcl-bench: error: bad\n"), (0, "sparcl-bench: error: bad\n")):
+    for rank, message in ((10, "error: bad"), (2, "training failed: nan (on another rank)"), (1, "")):
         recorder = launch.MessageRecorder(sys.stderr, tmp_path / f"rank{rank}")
         recorder.write("progress 1/2\n")
-        print(text.rstrip("\n"), file=recorder)  # as cli.main prints it
+        for _ in range(2 if message else 0):
+            print(f"sparcl-bench: {message}", file=recorder)  # as cli.main prints it
         recorder.write("a traceback line\n")
-    assert capsys.readouterr().err == "progress 1/2\na traceback line\n" * 2
-    assert launch.recorded_lines(tmp_path) == ["sparcl-bench: error: bad"]
+    assert capsys.readouterr().err == "progress 1/2\na traceback line\n" * 3
+    assert launch.recorded_lines(tmp_path) == ["sparcl-bench: training failed: nan (on another rank)"]
+    assert launch.recorded_lines(tmp_path / "nothing") == []
 
 
 def test_the_collective_timeout_is_bounded_and_configurable(monkeypatch, capsys, tmp_path):

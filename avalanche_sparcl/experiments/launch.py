@@ -14,7 +14,8 @@ its own, as torch starts them). What ties them:
 - Errors: the command locks and checks every run folder before launching and holds them until the
   launcher ends (rank 0 takes them as its command's, see ``run_folder.RunLock``). The lines the ranks
   print as ``sparcl-bench: ...`` (a user error, a failed training) are recorded, not printed, and the
-  command prints each once and exits with the ranks' exit code; torch's failure report is not shown.
+  command prints them once (rank 0's, or the lowest rank's that has any) and exits with the ranks'
+  exit code; torch's failure report is not shown.
 
 Only the standard library is imported at module level: the ranks set up their tie to the launcher
 before importing torch and Avalanche, which takes seconds.
@@ -208,14 +209,14 @@ def run_tied(command: list[str], environment: dict[str, str]) -> tuple[int, int 
 
 
 def recorded_lines(folder: Path) -> list[str]:
-    """The ranks' recorded lines, in rank order, each once."""
-    lines: list[str] = []
+    """The lines recorded by the lowest rank that recorded any, each once: every rank meets the same
+    error (a decision of rank 0's, or one all ranks agree on), worded for the rank that saw it first."""
     files = sorted(folder.glob("rank*"), key=lambda path: int(path.name[len("rank") :]))
     for path in files:
-        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-            if line not in lines:
-                lines.append(line)
-    return lines
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+        if lines:
+            return list(dict.fromkeys(lines))
+    return []
 
 
 def die_with_parent(signum: int) -> None:
