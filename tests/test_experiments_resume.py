@@ -57,10 +57,13 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path, buffer
     resumed = run_experiment(config, 0, options, on_experience_end=[lambda r: trained_again.append(r.index)])
     assert trained_again == [2, 3, 4]
     assert comparable(resumed) == comparable(uninterrupted)
-    for name in ("eval_results.csv", "training_results.csv"):
+    rows = {}
+    for name in ("eval_results.csv", "training_results.csv", "sparcl_epochs.csv", "sparcl_experiences.csv"):
         csv_resumed = (run_dir / "csv" / name).read_text()
         assert csv_resumed == (run_directory(config, 0, tmp_path / "a") / "csv" / name).read_text()
-    assert len(csv_resumed.splitlines()) == 1 + 5 * 3  # header + 5 experiences x 3 epochs
+        rows[name] = len(csv_resumed.splitlines()) - 1  # less the header
+    assert rows["training_results.csv"] == rows["sparcl_epochs.csv"] == 5 * 3  # 5 experiences x 3 epochs
+    assert rows["sparcl_experiences.csv"] == 5
     assert resumed["kept_data"] < 1.0  # DDR acted
 
 

@@ -24,7 +24,6 @@ from avalanche_sparcl.experiments.config import (
     ExperimentConfig,
     build_sparse_plugin,
 )
-from avalanche_sparcl.experiments.loggers import ResumableCSVLogger, ResumableTensorboardLogger
 from avalanche_sparcl.experiments.options import (
     SMOKE_BATCH_SIZE,
     SMOKE_EPOCHS,
@@ -33,6 +32,7 @@ from avalanche_sparcl.experiments.options import (
     SMOKE_WIDTH,
     RunOptions,
 )
+from avalanche_sparcl.loggers import ResumableCSVLogger, ResumableTensorboardLogger, SparCLCSVLogger
 from avalanche_sparcl.metrics import data_metrics, flops_metrics, sparsity_metrics, task_il_accuracy_metrics
 from avalanche_sparcl.models import ResNet18, SmallCNN
 from avalanche_sparcl.plugins import ReservoirReplayPlugin, TDMPlugin
@@ -46,8 +46,29 @@ def build_benchmark(config: ExperimentConfig, seed: int, smoke: bool) -> NCScena
         return random_benchmark_like(spec["name"], spec["n_experiences"], spec["task_labels"], seed)
     if spec["name"] == "split_digits":
         return benchmarks.split_digits(spec["n_experiences"], seed=seed, return_task_id=spec["task_labels"])
+    if spec.get("train_per_class") is not None:
+        return fmnist_subset(config, seed)
     builder = getattr(benchmarks, spec["name"])
     return builder(spec["dataset_root"], spec["n_experiences"], seed=seed, return_task_id=spec["task_labels"])
+
+
+def fmnist_subset(config: ExperimentConfig, seed: int) -> NCScenario:
+    """Split Fashion-MNIST on the first ``train_per_class`` training images of each class (the whole
+    test set): experiences of about a hundred optimizer steps, as short schedules have."""
+    spec = config.benchmark
+    if spec["name"] != "split_fmnist":
+        raise ConfigError(f"{config.path}: benchmark.train_per_class is accepted for split_fmnist only")
+    (images, labels), test = benchmarks.load_fmnist(spec["dataset_root"])
+    per_class = [(labels == c).nonzero().squeeze(1)[: spec["train_per_class"]] for c in range(10)]
+    kept = torch.cat(per_class).sort().values  # in the file's order
+    return benchmarks.tensor_benchmark(
+        (images[kept], labels[kept]),
+        test,
+        spec["n_experiences"],
+        seed,
+        spec["task_labels"],
+        fixed_class_order=list(range(10)),
+    )
 
 
 def random_benchmark_like(name: str, n_experiences: int, task_labels: bool, seed: int) -> NCScenario:
@@ -154,7 +175,11 @@ def build_evaluator(run_dir: Path, quiet: bool, log_files: bool = True) -> tuple
     """
     loggers: list = []
     if log_files:
-        loggers += [ResumableTensorboardLogger(run_dir / "tensorboard"), ResumableCSVLogger(run_dir / "csv")]
+        loggers += [
+            ResumableTensorboardLogger(run_dir / "tensorboard"),
+            ResumableCSVLogger(run_dir / "csv"),
+            SparCLCSVLogger(run_dir / "csv"),
+        ]
     if not quiet:
         loggers.append(InteractiveLogger())
     with warnings.catch_warnings():
@@ -165,7 +190,7 @@ def build_evaluator(run_dir: Path, quiet: bool, log_files: bool = True) -> tuple
             loss_metrics(epoch=True, stream=True),
             forgetting_metrics(experience=True, stream=True),
             *task_il_accuracy_metrics(),
-            *flops_metrics(),
+            *flops_metrics(epoch=True),
             *sparsity_metrics(),
             *data_metrics(),
             loggers=loggers,

@@ -42,7 +42,8 @@ class TrainFlops(PluginMetric[float]):
     Emits after each training experience: ``TrainFLOPs_Exp`` (that experience, including passes a
     strategy makes when it ends), ``TrainFLOPs_Total`` (the whole run: the figure to compare between
     runs) and, with ``breakdown``, the run total of each part (forward, input gradient, weight
-    gradient, other dense operations).
+    gradient, other dense operations). With ``epoch``, also ``TrainFLOPs_Epoch`` after each training
+    epoch: the passes made within it (in data-parallel training, this process's passes).
 
     In data-parallel training each rank counts its own passes; at the end of every experience the
     ranks' counts are summed into the job's (identical on every rank, so a checkpoint of any rank
@@ -52,8 +53,11 @@ class TrainFlops(PluginMetric[float]):
 
     supports_distributed = True  # per-rank counts are summed at every experience end
 
-    def __init__(self, experience: bool = True, total: bool = True, breakdown: bool = False):
+    def __init__(
+        self, experience: bool = True, total: bool = True, breakdown: bool = False, epoch: bool = False
+    ):
         super().__init__()
+        self.emit_epoch = epoch
         self.emit_experience = experience
         self.emit_total = total
         self.emit_breakdown = breakdown
@@ -61,6 +65,7 @@ class TrainFlops(PluginMetric[float]):
         self._kept_counts = KeptCounts()
         self._gradient_kept_counts = KeptCounts()
         self._at_last_experience = FlopBreakdown()
+        self._at_epoch_start = 0.0
         self._job_folded = FlopBreakdown()  # data-parallel: the job's counts at the last experience end
         self._counting_before_eval: list[bool] = []
 
@@ -90,6 +95,17 @@ class TrainFlops(PluginMetric[float]):
         """Follow a model the strategy adapted or replaced."""
         self.counter.attach(unwrap(strategy.model))
         self._refresh_weight_density(strategy)
+
+    def before_training_epoch(self, strategy: SupervisedTemplate) -> None:
+        self._at_epoch_start = self.result()
+
+    def after_training_epoch(self, strategy: SupervisedTemplate) -> MetricResult:
+        if not self.emit_epoch:
+            return None
+        self._settle(strategy)
+        name = get_metric_name("TrainFLOPs_Epoch", strategy, add_task=False)
+        epoch_flops = self.result() - self._at_epoch_start
+        return [MetricValue(self, name, epoch_flops, strategy.clock.train_iterations)]
 
     def before_training_iteration(self, strategy: SupervisedTemplate) -> None:
         """Read the weight masks after the plugins updated them for this iteration."""
@@ -165,12 +181,13 @@ def add_breakdowns(first: FlopBreakdown, second: FlopBreakdown) -> FlopBreakdown
 
 
 def flops_metrics(
-    *, experience: bool = True, total: bool = True, breakdown: bool = False
+    *, experience: bool = True, total: bool = True, breakdown: bool = False, epoch: bool = False
 ) -> list[PluginMetric]:
     """Training-FLOPs metrics for ``EvaluationPlugin`` (one counter, so the hooks run once per layer).
 
+    :param epoch: emit ``TrainFLOPs_Epoch`` after each training epoch, the FLOPs of its passes.
     :param experience: emit ``TrainFLOPs_Exp`` after each training experience.
     :param total: emit ``TrainFLOPs_Total``, the cumulative FLOPs of the run.
     :param breakdown: also emit the cumulative forward, input-gradient, weight-gradient and other FLOPs.
     """
-    return [TrainFlops(experience=experience, total=total, breakdown=breakdown)]
+    return [TrainFlops(experience=experience, total=total, breakdown=breakdown, epoch=epoch)]
