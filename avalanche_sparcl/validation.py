@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import math
 import numbers
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -17,7 +18,6 @@ import yaml
 
 MAX_SEED = 2**32 - 1
 """NumPy's limit: seeds must lie in [0, 2**32 - 1]."""
-
 
 
 def is_real(value: Any) -> bool:
@@ -90,13 +90,47 @@ def check_choice(name: str, value: Any, choices: Iterable[str]) -> str:
     return value
 
 
-class UniqueKeyLoader(yaml.SafeLoader):
-    """YAML's safe loader refusing a key given twice in one mapping, at any depth.
+MAX_YAML_DEPTH = 64
+"""Deepest nesting of sequences and mappings a YAML file may have (a config needs 3)."""
+MAX_YAML_NUMBER_LENGTH = 100
+"""Longest number (in characters) a YAML file may give: longer ones would only cost time to convert."""
+YAML12_FLOAT = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$")
+"""YAML 1.2 floats with an exponent and no dot (``1e-3``), which YAML 1.1 reads as strings."""
 
-    PyYAML silently keeps the last of two equal keys, so a setting repeated lower down a file would
-    override the first one unseen; the YAML spec requires keys to be unique anyway. Keys brought in
-    by a merge (``<<: *anchor``) may still be overridden.
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader for files a user or a stranger wrote: only plain, bounded data.
+
+    - A key given twice in one mapping, at any depth, is refused: PyYAML silently keeps the last of
+      two equal keys, so a setting repeated lower down a file would override the first one unseen
+      (the YAML spec requires keys to be unique anyway).
+    - Aliases (``*name``) are refused: a few hundred bytes of nested aliases expand to billions of
+      values, which every later step (merging, checking, printing) would walk.
+    - Nesting deeper than ``MAX_YAML_DEPTH`` is refused before the parser's recursion overflows, and
+      numbers longer than ``MAX_YAML_NUMBER_LENGTH`` characters before their slow conversion.
+    - ``1e-3`` is a number, as in YAML 1.2, not the string YAML 1.1 makes of it.
     """
+
+    depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent):
+            raise yaml.composer.ComposerError(
+                None,
+                None,
+                f"aliases (*{event.anchor}) are not accepted; write the value out",
+                event.start_mark,
+            )
+        if self.depth >= MAX_YAML_DEPTH:
+            raise yaml.composer.ComposerError(
+                None, None, f"nested deeper than {MAX_YAML_DEPTH} levels", event.start_mark
+            )
+        self.depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         first_marks: dict[Any, yaml.Mark] = {}
@@ -117,9 +151,24 @@ class UniqueKeyLoader(yaml.SafeLoader):
                 )
         return super().construct_mapping(node, deep=deep)
 
+    def construct_bounded_number(self, node: yaml.ScalarNode) -> int | float:
+        """An int or float scalar, refused if it is too long to be a setting."""
+        if len(node.value) > MAX_YAML_NUMBER_LENGTH:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"a number longer than {MAX_YAML_NUMBER_LENGTH} characters", node.start_mark
+            )
+        if node.tag.endswith(":int"):
+            return self.construct_yaml_int(node)
+        return self.construct_yaml_float(node)
+
+
+UniqueKeyLoader.add_constructor("tag:yaml.org,2002:int", UniqueKeyLoader.construct_bounded_number)
+UniqueKeyLoader.add_constructor("tag:yaml.org,2002:float", UniqueKeyLoader.construct_bounded_number)
+UniqueKeyLoader.add_implicit_resolver("tag:yaml.org,2002:float", YAML12_FLOAT, list("-+0123456789."))
+
 
 def load_yaml(text: str) -> Any:
-    """Parse YAML safely, refusing duplicate keys; raises ``yaml.YAMLError``."""
+    """Parse YAML safely (see ``UniqueKeyLoader``); raises ``yaml.YAMLError``."""
     return yaml.load(text, Loader=UniqueKeyLoader)
 
 

@@ -7,7 +7,8 @@ valid key, instead of failing hours later inside training.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import reprlib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from avalanche_sparcl.experiments.config_schema import (  # noqa: F401 (re-expor
     is_text,
 )
 from avalanche_sparcl.plugins import SparCLPlugin, TDMPlugin
+from avalanche_sparcl.settings import LAYER_RATIOS, OPTIONS
 from avalanche_sparcl.validation import (
     close_matches_hint,
     describe_yaml_error,
@@ -87,6 +89,25 @@ class ExperimentConfig:
         }
 
 
+SHOWN = reprlib.Repr()
+SHOWN.maxstring, SHOWN.maxother, SHOWN.maxlevel = 200, 200, 3
+SHOWN.maxlist = SHOWN.maxtuple = SHOWN.maxdict = SHOWN.maxset = 6
+
+
+def shown(value: Any) -> str:
+    """``repr(value)`` cut to at most a few hundred characters: a message quotes what was given, never
+    all of a huge value from a hostile or broken file."""
+    return SHOWN.repr(value)
+
+
+def is_file(path: str) -> bool:
+    """Whether ``path`` is a file; False, not an OSError, for a name the system refuses (too long)."""
+    try:
+        return Path(path).is_file()
+    except OSError:
+        return False
+
+
 def closest_hint(name: str, candidates: list[str]) -> str:
     """' (did you mean 'x'?)' for the single closest candidate, or ''."""
     return close_matches_hint(name, candidates, n=1, cutoff=0.5)
@@ -95,9 +116,16 @@ def closest_hint(name: str, candidates: list[str]) -> str:
 def read_yaml_mapping(path: Path) -> dict[str, Any]:
     """The top-level mapping of a YAML file, or ConfigError (with the line of a YAML error)."""
     try:
-        text = path.read_text()
+        content = path.read_bytes()
     except OSError as error:
         raise ConfigError(f"{path}: cannot read config file ({error.strerror})") from None
+    try:
+        text = content.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise ConfigError(
+            f"{path}: not UTF-8 text (byte 0x{content[error.start]:02x} at offset {error.start}); "
+            "save the config as UTF-8"
+        ) from None
     try:
         data = load_yaml(text)
     except yaml.YAMLError as error:  # a key given twice in one mapping is one too
@@ -134,7 +162,7 @@ def load_raw(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     if extends is None:
         return data
     if not is_text(extends):
-        raise ConfigError(f"{path}: extends must be a path to another config file, got {extends!r}")
+        raise ConfigError(f"{path}: extends must be a path to another config file, got {shown(extends)}")
     return deep_merge(load_raw(path.parent / extends, (*seen, path)), data)
 
 
@@ -145,7 +173,7 @@ def check_keys(path: Path, where: str, values: Mapping[str, Any], schema: dict[s
         if name not in schema:
             dotted = f"{where}.{name}" if where else str(name)
             raise ConfigError(
-                f"{path}: unknown key {dotted!r}{closest_hint(str(name), accepted)}; "
+                f"{path}: unknown key {shown(dotted)}{closest_hint(str(name), accepted)}; "
                 f"accepted keys{f' in {where!r}' if where else ''}: {', '.join(accepted)}"
             )
     checked: dict[str, Any] = {}
@@ -159,15 +187,83 @@ def check_keys(path: Path, where: str, values: Mapping[str, Any], schema: dict[s
         value = values[name]
         if not key.check(value):
             hint = closest_hint(value, list(key.choices)) if isinstance(value, str) and key.choices else ""
-            raise ConfigError(f"{path}: {dotted} must be {key.accepted}, got {value!r}{hint}")
+            raise ConfigError(f"{path}: {dotted} must be {key.accepted}, got {shown(value)}{hint}")
         checked[name] = value
     return checked
 
 
-def load_config(path: str | Path) -> ExperimentConfig:
-    """Load and fully validate one config file; raise ConfigError naming the offending key."""
+@dataclass(frozen=True)
+class Override:
+    """One ``--set KEY=VALUE`` of the command line: a config value replaced in every config."""
+
+    text: str
+    section: str | None
+    key: str
+    value: Any
+
+
+def parse_override(text: str) -> Override:
+    """``section.key=value`` (or ``name=...``, ``description=...``), its value read as YAML as in a
+    config file and checked like one, so ``--set`` accepts and refuses what the file would."""
+    dotted, equals, value_text = text.partition("=")
+    if not equals or not dotted:
+        raise ConfigError(f"--set {shown(text)}: expected KEY=VALUE, e.g. training.epochs=1")
+    where = f"--set {shown(text)}"
+    section, _, key = dotted.rpartition(".")
+    if section and section not in SECTIONS:
+        accepted = sorted(SECTIONS)
+        raise ConfigError(
+            f"{where}: unknown section {shown(section)}{closest_hint(section, accepted)}; "
+            f"sections: {', '.join(accepted)}"
+        )
+    schema = SECTIONS[section] if section else {k: v for k, v in TOP_LEVEL.items() if k not in SECTIONS}
+    if key not in schema:
+        accepted = sorted(schema)
+        if not section and key in SECTIONS:
+            raise ConfigError(
+                f"{where}: set one key of the section, e.g. {key}.{next(iter(SECTIONS[key]))}=VALUE"
+            )
+        in_sections = [f"{name}.{key}" for name in SECTIONS if not section and key in SECTIONS[name]]
+        hint = f" (did you mean {' or '.join(map(repr, in_sections))}?)" if in_sections else ""
+        raise ConfigError(
+            f"{where}: unknown key {shown(dotted)}{hint or closest_hint(key, accepted)}; "
+            f"accepted keys{f' in {section!r}' if section else ''}: {', '.join(accepted)}"
+        )
+    try:
+        value = load_yaml(value_text)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{where}: the value is {describe_yaml_error(error)}") from None
+    if value is not None and not schema[key].check(value):
+        choices = list(schema[key].choices)
+        hint = closest_hint(value, choices) if isinstance(value, str) and choices else ""
+        raise ConfigError(f"{where}: {dotted} must be {schema[key].accepted}, got {shown(value)}{hint}")
+    if (section, key) in PATH_KEYS and isinstance(value, str):
+        value = str(Path(value).expanduser().resolve())  # relative to where the command runs
+    return Override(text, section or None, key, value)
+
+
+def apply_overrides(path: Path, raw: dict[str, Any], overrides: Sequence[Override]) -> dict[str, Any]:
+    """``raw`` with the overrides' values; a section the config lacks is refused, not added (a
+    ``--set sparcl.sparsity=0.9`` meant for the sparse configs of a grid must not make its dense
+    ones sparse)."""
+    for override in overrides:
+        if override.section is None:
+            raw[override.key] = override.value
+            continue
+        if not isinstance(raw.get(override.section), dict):
+            raise ConfigError(
+                f"{path}: --set {shown(override.text)}: the config has no {override.section!r} section "
+                "(--set changes values of a config, it adds no section)"
+            )
+        raw[override.section][override.key] = override.value
+    return raw
+
+
+def load_config(path: str | Path, overrides: Sequence[Override] = ()) -> ExperimentConfig:
+    """Load and fully validate one config file, with the command line's ``--set`` values in place;
+    raise ConfigError naming the offending key."""
     path = Path(path)
-    raw = load_raw(path)
+    raw = apply_overrides(path, load_raw(path), overrides)
     for section, hint in EMPTY_SECTION_HINTS.items():
         if section in raw and raw[section] is None:
             raise ConfigError(f"{path}: {section} is empty: {hint}")
@@ -190,10 +286,10 @@ def load_config(path: str | Path) -> ExperimentConfig:
         raise ConfigError(f"{path}: give either a 'sparcl' or a 'baseline' section, not both")
     for section_name, key_name in sorted(PATH_KEYS):
         profile = (sections[section_name] or {}).get(key_name)
-        if profile is not None and not Path(profile).is_file():
+        if profile is not None and not (is_text(profile) and is_file(profile)):
             raise ConfigError(
                 f"{path}: {section_name}.{key_name} must be {SECTIONS[section_name][key_name].accepted}"
-                f", got {profile!r} (no such file)"
+                f", got {shown(profile)}{' (no such file)' if is_text(profile) else ''}"
             )
     config = ExperimentConfig(
         name=top["name"] or path.stem,
@@ -288,9 +384,34 @@ def build_sparse_plugin(
         section = "sparcl" if config.sparcl is not None else "baseline"
         message = str(error)
         first_word = message.split(" ", 1)[0]
-        if first_word in SECTIONS[section]:
+        if first_word in LAYER_RATIOS and (config.sparcl or {}).get(first_word) is None:
+            message = unset_ratio_message(config, first_word, message)
+        elif first_word in SECTIONS[section]:
             message = f"{section}.{message}"
         else:
             message = f"{section}: {message}"
         raise ConfigError(f"{config.path}: {message}") from None
     return None
+
+
+def unset_ratio_message(config: ExperimentConfig, ratio: str, message: str) -> str:
+    """The error of a layer ratio the config does not set, whose default does not fit the sparsity
+    it does set: the message names what the user wrote (the sparsity or the profile), not only a
+    default they never saw."""
+    if config.baseline is not None:
+        sparsity = config.baseline["sparsity"]
+        return (
+            f"baseline.sparsity {sparsity!r} does not fit method {config.baseline['method']!r}, which "
+            f"swaps a share of each layer at every mask update: at this sparsity, {message}; choose a "
+            "sparsity further from 0 and 1"
+        )
+    assert config.sparcl is not None
+    given = (
+        "sparcl.profile's layer sparsities"
+        if config.sparcl.get("profile")
+        else f"sparcl.sparsity {config.sparcl['sparsity']!r}"
+    )
+    return (
+        f"{given} does not fit the default {ratio} {OPTIONS[ratio].default!r} (this config does not set "
+        f"it): at this sparsity, {message}; set sparcl.{ratio} in that range, or another sparsity"
+    )
