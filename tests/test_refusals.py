@@ -3,6 +3,7 @@ owners of weight masks in one strategy, profiles masking biases or normalisation
 
 from __future__ import annotations
 
+import io
 import os
 import threading
 from pathlib import Path
@@ -16,6 +17,15 @@ from torch import nn
 from avalanche_sparcl import SparCLPlugin, TDMPlugin
 from avalanche_sparcl.experiments import cli
 from avalanche_sparcl.experiments.cli import main
+from avalanche_sparcl.export import sparse_format
+from avalanche_sparcl.export.sparse_file import (
+    SparseFileError,
+    load_sparse,
+    read_sparse,
+    save_sparse,
+    write_container,
+)
+from avalanche_sparcl.export.sparse_format import read_payload
 from avalanche_sparcl.models import SmallCNN
 
 # --- Ctrl-C -------------------------------------------------------------------------------------------
@@ -192,3 +202,65 @@ def test_tdm_plugin_refuses_a_profile_masking_a_bias_or_batchnorm_at_its_first_u
     with pytest.raises(ValueError) as raised:
         strategy.train(benchmark.train_stream[0])
     assert str(raised.value) == NEVER_MASKED
+
+
+# --- a small sparse file that declares huge weights ---------------------------------------------------
+
+
+def declaring_huge_weight(path: Path, dense_state_dict_bytes: int | None = None) -> int:
+    """A valid sparse file of a Linear(4, 3) whose masked weight is then declared 100,000 x 100,000
+    with no entry kept (indices encoding: nothing stored); returns the dense size it records."""
+    model = nn.Linear(4, 3)
+    model.weight.detach().zero_()
+    save_sparse(model, {"weight": torch.zeros(3, 4, dtype=torch.bool)}, path)
+    contents = torch.load(io.BytesIO(read_payload(path)), weights_only=True)
+    contents["layers"]["weight"].update(
+        shape=[100_000, 100_000],
+        numel=10**10,
+        kept=0,
+        sparsity=1.0,
+        encoding="indices",
+        values=torch.zeros(0),
+        positions=torch.zeros(0, dtype=torch.int64),
+        negative_zeros=None,
+    )
+    if dense_state_dict_bytes is not None:
+        contents["dense_state_dict_bytes"] = dense_state_dict_bytes
+    write_container(path, contents)
+    assert path.stat().st_size < 4096  # a few KB
+    return contents["dense_state_dict_bytes"]
+
+
+@pytest.fixture
+def no_decoding(monkeypatch):
+    """Decoding a masked layer fails the test: the checks must come before any allocation."""
+
+    def decode(layer):
+        raise AssertionError(f"decoded a layer of {layer['numel']} entries before checking it")
+
+    monkeypatch.setattr(sparse_format, "decode_layer", decode)
+
+
+def test_a_sparse_file_declaring_more_than_its_dense_size_is_refused_before_decoding(tmp_path, no_decoding):
+    path = tmp_path / "m.sparse"
+    recorded = declaring_huge_weight(path)
+    with pytest.raises(SparseFileError) as raised:
+        read_sparse(path)
+    assert str(raised.value) == (
+        f"{path}: malformed sparse model file: its masked layers declare 40000000000 bytes when dense, more "
+        f"than the dense model it records ({recorded} bytes)"
+    )
+
+
+def test_load_sparse_compares_the_declared_shapes_with_the_model_before_decoding(tmp_path, no_decoding):
+    path = tmp_path / "m.sparse"
+    declaring_huge_weight(path, dense_state_dict_bytes=10**12)
+    model = nn.Linear(4, 3)
+    before = model.weight.detach().clone()
+    with pytest.raises(SparseFileError) as raised:
+        load_sparse(path, model)
+    assert str(raised.value) == (
+        f"{path}: the model does not have the architecture saved in the file: 'weight' is float32 "
+        "(100000, 100000) in the file but float32 (3, 4) in the model"
+    )
+    assert torch.equal(model.weight, before)

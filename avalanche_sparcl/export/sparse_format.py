@@ -169,6 +169,23 @@ def check_contents(contents: Any) -> str | None:
         problem = check_layer(layer)
         if problem:
             return f"masked layer {name!r}: {problem}"
+    return check_declared_size(layers, contents["dense_state_dict_bytes"])
+
+
+def check_declared_size(layers: Mapping[str, Any], dense_state_dict_bytes: int) -> str | None:
+    """What is wrong with the dense size the masked layers declare, or None.
+
+    A masked layer's shape is only a list of numbers: a few bytes can declare a weight of billions of
+    entries, which decoding would allocate. The writer records the length of the dense
+    ``torch.save(state_dict)``, which holds every masked weight dense; more than that is refused
+    here, before anything is decoded.
+    """
+    declared = sum(layer["numel"] * layer["values"].element_size() for layer in layers.values())
+    if declared > dense_state_dict_bytes:
+        return (
+            f"its masked layers declare {declared} bytes when dense, more than the dense model it records "
+            f"({dense_state_dict_bytes} bytes)"
+        )
     return None
 
 
@@ -231,7 +248,11 @@ def decode_layer(layer: Mapping[str, Any]) -> Tensor:
 
 def read_sparse(path: str | os.PathLike) -> OrderedDict[str, Tensor]:
     """The state_dict stored in the sparse file at ``path``, dense again, on the CPU."""
-    contents = read_contents(path)
+    return decode_contents(read_contents(path))
+
+
+def decode_contents(contents: Mapping[str, Any]) -> OrderedDict[str, Tensor]:
+    """The state_dict of a checked payload, its masked layers dense again."""
     state_dict: OrderedDict[str, Tensor] = OrderedDict()
     for name in contents["order"]:
         state_dict[name] = (
@@ -244,29 +265,47 @@ def describe(tensor: Tensor) -> str:
     return f"{dtype_name(tensor.dtype)} {tuple(tensor.shape)}"
 
 
+def declared_tensors(contents: Mapping[str, Any]) -> dict[str, tuple[tuple[int, ...], str]]:
+    """Each stored tensor's shape and dtype name, in ``order``, as the checked payload declares them:
+    known without decoding a masked layer."""
+    layers, dense = contents["layers"], contents["dense"]
+    return {
+        name: (tuple(layers[name]["shape"]), layers[name]["dtype"])
+        if name in layers
+        else (tuple(dense[name].shape), dtype_name(dense[name].dtype))
+        for name in contents["order"]
+    }
+
+
 def load_sparse(path: str | os.PathLike, model: nn.Module) -> None:
     """Load the sparse file at ``path`` into ``model``, which must have the same tensors it was saved from.
 
     Raises :class:`SparseFileError` naming ``path`` for a damaged or foreign file, and naming the
     tensors that differ (missing, extra, another shape or dtype) for another architecture; the model
-    is left untouched then.
+    is left untouched then. The architecture is compared with the shapes the file declares before
+    any masked layer is decoded, so a file declaring huge weights allocates nothing.
     """
-    stored = read_sparse(path)
+    contents = read_contents(path)
+    declared = declared_tensors(contents)
     current = model.state_dict()
+
+    def describe_declared(name: str) -> str:
+        shape, dtype = declared[name]
+        return f"{dtype} {shape}"
+
     problems = []
-    for name, tensor in stored.items():
+    for name in declared:
+        stored = describe_declared(name)
         if name not in current:
-            problems.append(f"{name!r} ({describe(tensor)}) is in the file but not in the model")
-        elif current[name].shape != tensor.shape or current[name].dtype != tensor.dtype:
-            problems.append(
-                f"{name!r} is {describe(tensor)} in the file but {describe(current[name])} in the model"
-            )
+            problems.append(f"{name!r} ({stored}) is in the file but not in the model")
+        elif describe(current[name]) != stored:
+            problems.append(f"{name!r} is {stored} in the file but {describe(current[name])} in the model")
     problems += [
         f"{name!r} ({describe(tensor)}) is in the model but not in the file"
         for name, tensor in current.items()
-        if name not in stored
+        if name not in declared
     ]
     if problems:
         shown = "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
         raise SparseFileError(f"{path}: the model does not have the architecture saved in the file: {shown}")
-    model.load_state_dict(stored, strict=True)
+    model.load_state_dict(decode_contents(contents), strict=True)
