@@ -1,7 +1,7 @@
 """``sparcl-bench``: run experiment configs and report on the runs.
 
     sparcl-bench run CONFIG.yaml [CONFIG ...] [--out runs/] [--seeds 0 1 2] [--device cpu|cuda]
-                     [--quiet] [--smoke] [--restart] [--nproc N]
+                     [--quiet] [--smoke] [--restart] [--nproc N] [--set KEY=VALUE ...]
     sparcl-bench report RUNS_DIR [--out report/]
     sparcl-bench export RUN_DIR --out DIR [--onnx]
     sparcl-bench --version
@@ -14,6 +14,12 @@ results, a damaged checkpoint or results.json, a folder another process is runni
 system error (full disk, no permission) also exit with code 2 and one line naming the file or folder.
 Training that turns non-finite stops with exit code 1 and a message naming the experience, epoch and
 iteration.
+
+``--set section.key=value`` replaces a value in every config of the command (checked as in the file);
+the run's config and fingerprint are the result. Every run folder of the command is computed first:
+two configs that would share one exit with code 2 before anything trains. Each finished run prints
+one line ending in ``[done/total, ETA ...]``. Avalanche and the run machinery are imported by the
+commands, not by this module, so ``--help`` and ``--version`` answer at once.
 
 ``--nproc N`` trains each run data-parallel in N processes on this machine: the command claims and
 checks its run folders, then starts itself again under torch's launcher (``launch``: torch's elastic
@@ -28,28 +34,41 @@ find are printed once, with the exit codes above; a collective waits at most
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from avalanche_sparcl import __version__
-from avalanche_sparcl.benchmarks import (
-    DatasetFormatError,
-    DatasetNotFoundError,
-    check_dataset_files,
-    check_fmnist_files,
-)
-from avalanche_sparcl.checkpointing import CheckpointError
 from avalanche_sparcl.console import hide_avalanche_deprecation_notices
-from avalanche_sparcl.distributed import is_distributed, rank
-from avalanche_sparcl.experiments.build import check_profile_fits
-from avalanche_sparcl.experiments.config import BENCHMARK_SHAPES, ConfigError, ExperimentConfig, load_config
-from avalanche_sparcl.experiments.options import RunOptions
-from avalanche_sparcl.experiments.run_folder import RunFolderError, run_directory
-from avalanche_sparcl.experiments.runner import run_experiment
-from avalanche_sparcl.plugins.guard import NonFiniteTrainingError
 from avalanche_sparcl.settings import OPTIONS
+
+if TYPE_CHECKING:
+    from avalanche_sparcl.experiments.config import ExperimentConfig
+
+LAZY_NAMES = {
+    "DatasetFormatError": "avalanche_sparcl.benchmarks",
+    "DatasetNotFoundError": "avalanche_sparcl.benchmarks",
+    "CheckpointError": "avalanche_sparcl.checkpointing",
+    "ConfigError": "avalanche_sparcl.experiments.config",
+    "load_config": "avalanche_sparcl.experiments.config",
+    "RunOptions": "avalanche_sparcl.experiments.options",
+    "RunFolderError": "avalanche_sparcl.experiments.run_folder",
+    "run_directory": "avalanche_sparcl.experiments.run_folder",
+    "run_experiment": "avalanche_sparcl.experiments.runner",
+    "NonFiniteTrainingError": "avalanche_sparcl.plugins.guard",
+}
+"""Names this module offered before its imports moved into the commands (Avalanche takes seconds to
+import, which ``--help`` should not wait for); still importable from here, on first use."""
+
+
+def __getattr__(name: str) -> Any:
+    if name in LAZY_NAMES:
+        return getattr(importlib.import_module(LAZY_NAMES[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 USER_ERROR = 2
 TRAINING_FAILED = 1
@@ -101,6 +120,16 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         help="data-parallel processes per run, through torch.distributed.run (default: 1)",
     )
+    run.add_argument(
+        "--set",
+        dest="overrides",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="KEY=VALUE",
+        help="replace a config value in every config, e.g. --set training.epochs=1 sparcl.sparsity=0.9 "
+        "(checked as in the file; part of the run's config and fingerprint)",
+    )
     report = commands.add_parser("report", help="Markdown table and plots from the runs under RUNS_DIR")
     report.add_argument("runs_dir", type=Path, metavar="RUNS_DIR")
     report.add_argument("--out", type=Path, default=Path("report"), help="output folder (default: report)")
@@ -120,6 +149,15 @@ def build_parser() -> argparse.ArgumentParser:
 def check_runnable(configs: Sequence[ExperimentConfig], device: str, smoke: bool, out: Path) -> None:
     """Fail before training if the device is missing, ``out`` is a file, a profile does not fit its
     model or a benchmark's data is absent."""
+    from avalanche_sparcl.benchmarks import (
+        DatasetFormatError,
+        DatasetNotFoundError,
+        check_dataset_files,
+        check_fmnist_files,
+    )
+    from avalanche_sparcl.experiments.build import check_profile_fits
+    from avalanche_sparcl.experiments.config import BENCHMARK_SHAPES, ConfigError
+
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file, not a folder")
     for config in configs:
@@ -143,7 +181,15 @@ def check_runnable(configs: Sequence[ExperimentConfig], device: str, smoke: bool
 
 
 def run_command(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    configs = [load_config(path) for path in args.configs]
+    from avalanche_sparcl.distributed import is_distributed, rank
+    from avalanche_sparcl.experiments.config import load_config, parse_override
+    from avalanche_sparcl.experiments.grid import GridProgress, grid_runs, trains
+    from avalanche_sparcl.experiments.options import RunOptions
+    from avalanche_sparcl.experiments.runner import run_experiment
+
+    overrides = [parse_override(text) for text in args.overrides]
+    configs = [load_config(path, overrides) for path in args.configs]
+    runs = grid_runs(configs, args.seeds, args.out, args.smoke)  # no two runs in one folder
     check_runnable(configs, args.device, args.smoke, args.out)
     check_processes(args.nproc, args.device)
     options = RunOptions(
@@ -157,19 +203,21 @@ def run_command(args: argparse.Namespace, argv: Sequence[str]) -> int:
         from avalanche_sparcl.experiments.launch import join_process_group
 
         join_process_group(args.device)
-    for config in configs:
-        for seed in args.seeds:
-            results = run_experiment(config, seed, options)
-            if rank() != 0:
-                continue  # one line per run, from the process that wrote it
-            print(
-                f"{results['benchmark']} {config.name} seed {seed}: "
-                f"Class-IL {100 * results['class_il_accuracy']:.2f}%, "
-                f"Task-IL {100 * results['task_il_accuracy']:.2f}%, "
-                f"training FLOPs {results['train_flops']:.3e}, {results['wall_time_s']:.1f} s "
-                f"-> {run_directory(config, seed, args.out, args.smoke)}",
-                flush=True,
-            )
+    progress = GridProgress([trains(run, args.restart) for run in runs])
+    for run in runs:
+        progress.start_run()
+        results = run_experiment(run.config, run.seed, options)
+        done = progress.finish_run()
+        if rank() != 0:
+            continue  # one line per run, from the process that wrote it
+        print(
+            f"{results['benchmark']} {run.config.name} seed {run.seed}: "
+            f"Class-IL {100 * results['class_il_accuracy']:.2f}%, "
+            f"Task-IL {100 * results['task_il_accuracy']:.2f}%, "
+            f"training FLOPs {results['train_flops']:.3e}, {results['wall_time_s']:.1f} s "
+            f"-> {run.folder} {done}",
+            flush=True,
+        )
     return 0
 
 
@@ -178,6 +226,8 @@ def check_processes(nproc: int, device: str) -> None:
     if device != "cuda" or nproc == 1:
         return
     import torch
+
+    from avalanche_sparcl.experiments.config import ConfigError
 
     if torch.cuda.device_count() < nproc:
         raise ConfigError(
@@ -224,6 +274,11 @@ def export_command(args: argparse.Namespace) -> int:
 
 def user_error_message(error: Exception) -> str | None:
     """The one line a user error is reported with (exit code 2), or None for any other exception."""
+    from avalanche_sparcl.benchmarks import DatasetFormatError, DatasetNotFoundError
+    from avalanche_sparcl.checkpointing import CheckpointError
+    from avalanche_sparcl.experiments.config import ConfigError
+    from avalanche_sparcl.experiments.run_folder import RunFolderError
+
     if isinstance(error, (ConfigError, DatasetNotFoundError, DatasetFormatError, RunFolderError)):
         return str(error)
     if isinstance(error, CheckpointError):
@@ -251,14 +306,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "export":
             return export_command(args)
         return report_command(args)
-    except NonFiniteTrainingError as error:
-        print(f"sparcl-bench: training failed: {error}; the last checkpoint is kept", file=sys.stderr)
-        return TRAINING_FAILED
     except KeyboardInterrupt:
         # Ctrl-C is the user's choice, not a crash: one line, no traceback, the shell's code for SIGINT
         print(interrupted_message(args.command), file=sys.stderr)
         return INTERRUPTED
     except Exception as error:
+        guard = sys.modules.get("avalanche_sparcl.plugins.guard")  # loaded by any run that trained
+        if guard is not None and isinstance(error, guard.NonFiniteTrainingError):
+            print(f"sparcl-bench: training failed: {error}; the last checkpoint is kept", file=sys.stderr)
+            return TRAINING_FAILED
         message = user_error_message(error)
         if message is None:
             raise
