@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from avalanche.training.plugins import EvaluationPlugin
 
 from avalanche_sparcl.benchmarks import split_digits, tensor_benchmark
+from avalanche_sparcl.checkpointing import KEY_ENVIRONMENT
 
 # Tests of TDM/DDR mechanics on tiny schedules (a few dozen steps per experience) switch off the
 # short-schedule rules, which would otherwise keep a fixed mask and remove no data there.
@@ -41,3 +44,17 @@ def make_tensor_benchmark(
 def tensor_benchmark_factory():
     """Build small synthetic benchmarks: ``factory(n_per_class, n_classes, n_experiences, shape)``."""
     return make_tensor_benchmark
+
+
+@pytest.fixture(scope="session", autouse=True)
+def checkpoint_key_of_the_tests(tmp_path_factory):
+    """Checkpoints written by the tests (and the processes they start) are signed with a key of their
+    own, never the user's (``~/.config/avalanche-sparcl``)."""
+    previous = os.environ.get(KEY_ENVIRONMENT)
+    path = tmp_path_factory.mktemp("checkpoint_key") / "checkpoint.key"
+    os.environ[KEY_ENVIRONMENT] = str(path)
+    yield path
+    if previous is None:
+        os.environ.pop(KEY_ENVIRONMENT, None)
+    else:
+        os.environ[KEY_ENVIRONMENT] = previous

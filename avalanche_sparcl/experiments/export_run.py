@@ -1,10 +1,13 @@
 """``sparcl-bench export``: the trained model of a finished run as a compact sparse file (and ONNX).
 
-The run's checkpoint holds the whole strategy after its last experience; it is loaded into a strategy
-built from the run's own config (results.json), the masks are read from its plugins, and the model is
-written with :func:`avalanche_sparcl.export.save_sparse`. Every export is checked: the file is read
-back into a fresh model of the same architecture and both models, and the ONNX file under onnxruntime,
-are run on the benchmark's test images; the largest output difference is reported.
+The run's ``model.pt`` holds the trained weights and weight masks as tensors only (written just before
+results.json, read with ``torch.load(weights_only=True)``, see ``trained_model``); they are loaded into
+a model built from the run's own config (results.json) and written with
+:func:`avalanche_sparcl.export.save_sparse`. The run's ``checkpoint.pkl``, a pickle that would run any
+code it holds, is never read, so exporting a run folder received from elsewhere is safe. Every export
+is checked: the file is read back into a fresh model of the same architecture and both models, and the
+ONNX file under onnxruntime, are run on the benchmark's test images; the largest output difference is
+reported.
 """
 
 from __future__ import annotations
@@ -12,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,13 +22,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from avalanche_sparcl.checkpointing import maybe_resume
-from avalanche_sparcl.experiments.build import build_benchmark, build_evaluator, build_model, build_strategy
+from avalanche_sparcl.experiments.build import build_benchmark, build_model
 from avalanche_sparcl.experiments.config import ConfigError, ExperimentConfig
-from avalanche_sparcl.experiments.options import RunOptions
-from avalanche_sparcl.experiments.run_folder import CHECKPOINT_NAME, RESULTS_NAME, read_json_record
+from avalanche_sparcl.experiments.run_folder import MODEL_NAME, RESULTS_NAME, read_json_record
+from avalanche_sparcl.experiments.trained_model import RESTART, read_trained_model
 from avalanche_sparcl.export import load_sparse, save_sparse
-from avalanche_sparcl.metrics.masks import WEIGHT_MASKS, strategy_masks
 
 SPARSE_FILE_NAME = "model.sparse"
 ONNX_FILE_NAME = "model.onnx"
@@ -69,8 +69,6 @@ def finished_run_config(run_dir: Path) -> tuple[ExperimentConfig, dict[str, Any]
     results = read_json_record(run_dir / RESULTS_NAME)
     if results is None:
         raise ConfigError(f"{run_dir}: no {RESULTS_NAME}, so not a finished run; export needs one")
-    if not (run_dir / CHECKPOINT_NAME).is_file():
-        raise ConfigError(f"{run_dir}: no {CHECKPOINT_NAME}, so the trained model is not there")
     try:
         stored = results["config"]
         config = ExperimentConfig(
@@ -83,27 +81,31 @@ def finished_run_config(run_dir: Path) -> tuple[ExperimentConfig, dict[str, Any]
             sparcl=stored.get("sparcl"),
             baseline=stored.get("baseline"),
         )
-        seed, smoke = int(results["seed"]), bool(results["smoke"])
+        seed, smoke, fingerprint = int(results["seed"]), bool(results["smoke"]), str(results["fingerprint"])
     except (KeyError, TypeError, ValueError) as error:
         raise ConfigError(f"{run_dir / RESULTS_NAME}: no usable config ({error!r})") from None
-    return config, {"seed": seed, "smoke": smoke}
+    return config, {"seed": seed, "smoke": smoke, "fingerprint": fingerprint}
 
 
-def trained_strategy(run_dir: Path, config: ExperimentConfig, seed: int, smoke: bool) -> tuple[Any, Any]:
-    """The strategy saved in the run's checkpoint, and the run's benchmark."""
-    from avalanche_sparcl.experiments.config import build_sparse_plugin
-
-    options = RunOptions(out_dir=run_dir, quiet=True, smoke=smoke)
-    benchmark = build_benchmark(config, seed, smoke)
-    model = build_model(config, smoke)
-    sparse_plugin = build_sparse_plugin(config, seed)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="No loggers specified")
-        evaluator, _ = build_evaluator(run_dir, quiet=True, log_files=False)
-    plugins = [] if sparse_plugin is None else [sparse_plugin]
-    strategy = build_strategy(config, model, plugins, evaluator, options, seed)
-    strategy, _ = maybe_resume(strategy, run_dir / CHECKPOINT_NAME, map_location="cpu")
-    return strategy, benchmark
+def trained_model(run_dir: Path, config: ExperimentConfig, run: dict[str, Any]) -> tuple[nn.Module, dict]:
+    """The run's trained model, built from its config with the weights of its ``model.pt``, and its
+    weight masks; nothing but tensors and plain values is read from the folder."""
+    state_dict, masks = read_trained_model(run_dir / MODEL_NAME, run["fingerprint"], run["seed"])
+    model = build_model(config, run["smoke"])
+    try:
+        model.load_state_dict(state_dict)
+    except RuntimeError as error:
+        raise ConfigError(
+            f"{run_dir / MODEL_NAME}: does not fit the model of results.json's config "
+            f"({(str(error).splitlines() or [''])[0]}); {RESTART}"
+        ) from None
+    parameters = dict(model.named_parameters())
+    for name, mask in masks.items():
+        if name not in parameters or mask.shape != parameters[name].shape or mask.dtype != torch.bool:
+            raise ConfigError(
+                f"{run_dir / MODEL_NAME}: its mask {name!r} fits no weight of the model; {RESTART}"
+            )
+    return model, masks
 
 
 def benchmark_test_images(benchmark: Any, limit: int = CHECK_IMAGES) -> torch.Tensor:
@@ -151,10 +153,10 @@ def export_run(run_dir: str | Path, out_dir: str | Path, onnx: bool = False) -> 
     if onnx:
         check_onnx_packages()
     config, run = finished_run_config(run_dir)
+    trained, masks = trained_model(run_dir, config, run)
+    trained.eval()
     with contextlib.redirect_stdout(io.StringIO()):
-        strategy, benchmark = trained_strategy(run_dir, config, run["seed"], run["smoke"])
-    trained = strategy.model.cpu().eval()
-    masks = {name: mask.cpu() for name, mask in strategy_masks(strategy, WEIGHT_MASKS).items()}
+        benchmark = build_benchmark(config, run["seed"], run["smoke"])
     images = benchmark_test_images(benchmark)
     out_dir.mkdir(parents=True, exist_ok=True)
     sparse_path = out_dir / SPARSE_FILE_NAME

@@ -27,6 +27,8 @@ from avalanche_sparcl.experiments.options import RunOptions
 
 CHECKPOINT_NAME = "checkpoint.pkl"
 RESULTS_NAME = "results.json"
+MODEL_NAME = "model.pt"
+"""The trained model, weights-only, written just before results.json (see ``trained_model``)."""
 RUN_NAME = "run.json"
 """The identity and fingerprint of the run a folder's checkpoint belongs to, written before training."""
 LOCK_NAME = "run.lock"
@@ -194,7 +196,7 @@ def check_same_run(run_dir: Path, stored: dict[str, Any], identity: dict[str, An
 
 def clear_run_folder(run_dir: Path) -> None:
     """Remove what an earlier run wrote (results, checkpoint, identity, logs), before a fresh start."""
-    for name in (RESULTS_NAME, CHECKPOINT_NAME, RUN_NAME):
+    for name in (RESULTS_NAME, CHECKPOINT_NAME, MODEL_NAME, RUN_NAME):
         (run_dir / name).unlink(missing_ok=True)
     for leftover in run_dir.glob(f"*{PARTIAL_SUFFIX}"):
         leftover.unlink(missing_ok=True)

@@ -23,7 +23,13 @@ import numpy as np
 from avalanche.core import SupervisedPlugin
 from avalanche.distributed import DistributedHelper
 
-from avalanche_sparcl.checkpointing import maybe_resume, save_checkpoint, write_text_atomically
+from avalanche_sparcl.checkpointing import (
+    CheckpointKeyError,
+    checkpoint_key,
+    maybe_resume,
+    save_checkpoint,
+    write_text_atomically,
+)
 from avalanche_sparcl.distributed import decided_on_rank0, digests_of_all_ranks, rank, world_size
 from avalanche_sparcl.experiments.build import (
     build_benchmark,
@@ -35,7 +41,7 @@ from avalanche_sparcl.experiments.build import (
 )
 from avalanche_sparcl.experiments.config import ExperimentConfig, build_sparse_plugin
 from avalanche_sparcl.experiments.data_parallel import WholeEvaluationStream, training_device
-from avalanche_sparcl.experiments.fingerprint import run_identity
+from avalanche_sparcl.experiments.fingerprint import checkpoint_run_id, run_identity
 from avalanche_sparcl.experiments.loggers import (
     ResumableCSVLogger,
     ResumableTensorboardLogger,
@@ -54,6 +60,7 @@ from avalanche_sparcl.experiments.options import SMOKE_EXPERIENCES, RunOptions
 from avalanche_sparcl.experiments.results import results_record
 from avalanche_sparcl.experiments.run_folder import (
     CHECKPOINT_NAME,
+    MODEL_NAME,
     RESULTS_NAME,
     RunFolderError,
     RunLock,
@@ -63,6 +70,7 @@ from avalanche_sparcl.experiments.run_folder import (
     run_directory,
     run_labels,
 )
+from avalanche_sparcl.experiments.trained_model import write_trained_model
 from avalanche_sparcl.metrics.masks import WEIGHT_MASKS, strategy_masks
 from avalanche_sparcl.plugins import NonFiniteGuardPlugin
 from avalanche_sparcl.reproducibility import seed_everything
@@ -137,6 +145,10 @@ def run_experiment(
     identity = run_identity(config, options.smoke, world_size())
     run_dir = run_directory(config, seed, options.out_dir, options.smoke)
     check_profile_fits(config, options.smoke)
+    try:
+        checkpoint_key()  # made or checked before the run folder is touched
+    except CheckpointKeyError as error:
+        raise RunFolderError(str(error)) from None
     with contextlib.ExitStack() as folder_held:
         # data-parallel: rank 0 alone holds and prepares the folder; every rank follows its decision
         done, resume = decided_on_rank0(lambda: claim_run_folder(run_dir, identity, options, folder_held))
@@ -170,7 +182,8 @@ def train_and_evaluate(
     strategy = build_strategy(
         config, model, plugins, evaluator, dataclasses.replace(options, device=str(device)), seed
     )
-    strategy, next_experience = maybe_resume(strategy, checkpoint, map_location=device)
+    run_id = checkpoint_run_id(identity, seed)  # checkpoints are signed for this run and seed only
+    strategy, next_experience = maybe_resume(strategy, checkpoint, map_location=device, run_id=run_id)
     if not main_process:
         strategy.evaluator.loggers = []  # the checkpoint's loggers are rank 0's
     progress = next(p for p in strategy.plugins if isinstance(p, RunProgress))
@@ -192,7 +205,7 @@ def train_and_evaluate(
                 progress.class_il_matrix.append(accuracy_row(metrics, CLASS_IL_EXPERIENCE, n_experiences))
                 progress.task_il_matrix.append(accuracy_row(metrics, TASK_IL_EXPERIENCE, n_experiences))
                 progress.wall_time_s += time.perf_counter() - started
-                save_checkpoint(strategy, checkpoint)
+                save_checkpoint(strategy, checkpoint, run_id=run_id)
                 record = ExperienceRecord(
                     index, strategy, progress.class_il_matrix[-1], progress.task_il_matrix[-1]
                 )
@@ -250,5 +263,6 @@ def train_and_evaluate(
         }
     )
     if main_process:
+        write_trained_model(strategy, run_dir / MODEL_NAME, results["fingerprint"], seed)
         write_text_atomically(run_dir / RESULTS_NAME, json.dumps(results, indent=2, allow_nan=True) + "\n")
     return results
