@@ -57,9 +57,9 @@ def test_set_epochs_runs_one_epoch_and_results_json_shows_it(tmp_path, capsys, m
     assert main(argv) == 0
     lines = capsys.readouterr().out.splitlines()
     folders = [out / "smoke" / "split_digits" / name / "seed_0" for name in ("der", "er")]
-    assert [line.split(" -> ")[1] for line in lines] == [
-        f"{folders[0]} [1/2, ETA 30s]",
-        f"{folders[1]} [2/2]",
+    assert [line.split(" s ", 1)[1] for line in lines] == [
+        f"[1/2, ETA 30s] -> {folders[0]}",
+        f"[2/2] -> {folders[1]}",
     ]
     results = json.loads((folders[0] / "results.json").read_text())
     assert results["config"]["training"]["epochs"] == 1
@@ -73,7 +73,7 @@ def test_set_epochs_runs_one_epoch_and_results_json_shows_it(tmp_path, capsys, m
     monkeypatch.setattr(grid, "CLOCK", FakeClock(100, 100, 101, 101, 102))
     assert main(argv) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert [line.rsplit(" ", 1)[1] for line in lines] == ["[1/2]", "[2/2]"]
+    assert [line.split(" s ", 1)[1] for line in lines] == [f"[1/2] -> {folders[0]}", f"[2/2] -> {folders[1]}"]
 
 
 def test_set_values_are_read_as_yaml_and_several_can_be_given(tmp_path):

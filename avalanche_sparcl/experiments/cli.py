@@ -18,8 +18,8 @@ iteration.
 ``--set section.key=value`` replaces a value in every config of the command (checked as in the file);
 the run's config and fingerprint are the result. Every run folder of the command is computed first:
 two configs that would share one exit with code 2 before anything trains. Each finished run prints
-one line ending in ``[done/total, ETA ...]``. Avalanche and the run machinery are imported by the
-commands, not by this module, so ``--help`` and ``--version`` answer at once.
+one line with ``[done/total, ETA ...]`` before its folder. Avalanche and the run machinery are
+imported by the commands, not by this module, so ``--help`` and ``--version`` answer at once.
 
 ``--nproc N`` trains each run data-parallel in N processes on this machine: the command claims and
 checks its run folders, then starts itself again under torch's launcher (``launch``: torch's elastic
@@ -214,8 +214,8 @@ def run_command(args: argparse.Namespace, argv: Sequence[str]) -> int:
             f"{results['benchmark']} {run.config.name} seed {run.seed}: "
             f"Class-IL {100 * results['class_il_accuracy']:.2f}%, "
             f"Task-IL {100 * results['task_il_accuracy']:.2f}%, "
-            f"training FLOPs {results['train_flops']:.3e}, {results['wall_time_s']:.1f} s "
-            f"-> {run.folder} {done}",
+            f"training FLOPs {results['train_flops']:.3e}, {results['wall_time_s']:.1f} s {done} "
+            f"-> {run.folder}",
             flush=True,
         )
     return 0
