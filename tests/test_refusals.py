@@ -14,7 +14,7 @@ from avalanche.training import Naive
 from conftest import RULES_OFF, TDM_RULES_OFF, make_tensor_benchmark, quiet_evaluator
 from torch import nn
 
-from avalanche_sparcl import SparCLPlugin, TDMPlugin
+from avalanche_sparcl import DGMPlugin, SparCLPlugin, TDMPlugin
 from avalanche_sparcl.experiments import cli
 from avalanche_sparcl.experiments.cli import main
 from avalanche_sparcl.export import sparse_format
@@ -145,6 +145,35 @@ def test_two_owners_of_weight_masks_are_refused_before_the_first_step(make_plugi
         f"{named} both own weight masks in one strategy: their masks would intersect (the network ends "
         "sparser than any of them asks); use one of them (SparCLPlugin holds its own TDM: give it the "
         "sparsity and profile instead of adding a TDMPlugin)"
+    )
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+
+
+@pytest.mark.parametrize(
+    ("make_plugins", "named"),
+    [
+        (lambda: [DGMPlugin(0.2), DGMPlugin(0.5)], "DGMPlugin (plugins[0]) and DGMPlugin (plugins[1])"),
+        (
+            lambda: [TDMPlugin(0.5, **TDM_RULES_OFF), DGMPlugin(0.2), DGMPlugin(0.5)],
+            "DGMPlugin (plugins[1]) and DGMPlugin (plugins[2])",
+        ),
+        (
+            lambda: [SparCLPlugin(0.5, removal_ratio=0.0, **RULES_OFF), DGMPlugin(0.5)],
+            "SparCLPlugin (plugins[0], its DGM part) and DGMPlugin (plugins[1])",
+        ),
+    ],
+    ids=["two-dgm", "tdm-then-two-dgm", "sparcl-then-dgm"],
+)
+def test_two_owners_of_gradient_masks_are_refused_before_the_first_step(make_plugins, named):
+    benchmark = make_tensor_benchmark(8, 4, 2, (8,))
+    strategy, model = two_owner_strategy(make_plugins())
+    before = [param.detach().clone() for param in model.parameters()]
+    with pytest.raises(ValueError) as raised:
+        strategy.train(benchmark.train_stream[0])
+    assert str(raised.value) == (
+        f"{named} both own gradient masks in one strategy: their masks would intersect, or the last one "
+        "handed to TDM would replace the others; use one of them (SparCLPlugin holds its own DGM: give it "
+        "the gradient_sparsity instead of adding a DGMPlugin)"
     )
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
 

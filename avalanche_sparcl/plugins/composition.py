@@ -9,7 +9,9 @@ names, so no plugin module imports another to check an order:
   out of the buffers to narrow (it only ever sees minibatches trained on);
 - ``owns_weight_masks``: holds weight masks and applies, at its optimizer steps, the gradient masks
   handed to it with ``use_gradient_masking`` (TDM); one strategy has at most one such plugin or part
-  (:func:`refuse_two_weight_mask_owners`).
+  (:func:`refuse_two_mask_owners`);
+- ``owns_gradient_masks``: holds gradient masks (DGM, or ``SparCLPlugin`` with DGM on); at most one
+  per strategy too.
 
 ``SparCLPlugin`` runs its parts in the fixed order DDR, masked head, TDM (with DGM's gradient masks at
 its optimizer step), DGM alone; a standalone ``DGMPlugin`` hands its masks to the weight-mask owner
@@ -45,30 +47,52 @@ def first_logit_rewriter_before(plugin: Any, plugins: list[Any]) -> Any | None:
     return None
 
 
-def refuse_two_weight_mask_owners(plugins: list[Any]) -> None:
-    """A ValueError naming them when more than one plugin (or part) owns weight masks.
+def refuse_two_mask_owners(plugins: list[Any]) -> None:
+    """A ValueError naming them when more than one plugin (or part) owns weight masks, or more than
+    one owns gradient masks.
 
-    Two owners each prune the model to their own target and zero what the other pruned, so the
-    network ends far sparser than either asked (targets 0.5 and 0.9 gave a density of 0.095), or
-    their optimizer hooks trip over each other; one mask owner per strategy, refused before training.
+    Two weight-mask owners each prune the model to their own target and zero what the other pruned,
+    so the network ends far sparser than either asked (targets 0.5 and 0.9 gave a density of 0.095);
+    of two gradient-mask owners, both mask the same gradients, or the second one handed to TDM
+    silently replaces the first. One of each per strategy, refused before training.
     """
-    owners = [
-        (index, plugin) for index, plugin in enumerate(plugins) if declares(plugin, "owns_weight_masks")
+    weight_owners = [
+        (index, plugin, "TDM")
+        for index, plugin in enumerate(plugins)
+        if declares(plugin, "owns_weight_masks")
     ]
-    if len(owners) < 2:
-        return
-    named = [
-        f"{type(plugin).__name__} (plugins[{index}]"
-        + ("" if getattr(plugin, "owns_weight_masks", False) else ", its TDM part")
-        + ")"
-        for index, plugin in owners
+    gradient_owners = [
+        (index, plugin, "DGM")
+        for index, plugin in enumerate(plugins)
+        if getattr(plugin, "owns_gradient_masks", False)
     ]
-    raise ValueError(
-        f"{', '.join(named[:-1])} and {named[-1]} {'both' if len(named) == 2 else 'all'} own weight masks "
-        "in one strategy: their masks would "
-        "intersect (the network ends sparser than any of them asks); use one of them (SparCLPlugin holds "
-        "its own TDM: give it the sparsity and profile instead of adding a TDMPlugin)"
-    )
+    for owners, kind, consequence, instead in (
+        (
+            weight_owners,
+            "weight",
+            "their masks would intersect (the network ends sparser than any of them asks)",
+            "sparsity and profile instead of adding a TDMPlugin",
+        ),
+        (
+            gradient_owners,
+            "gradient",
+            "their masks would intersect, or the last one handed to TDM would replace the others",
+            "gradient_sparsity instead of adding a DGMPlugin",
+        ),
+    ):
+        if len(owners) < 2:
+            continue
+        named = [
+            f"{type(plugin).__name__} (plugins[{index}]"
+            + ("" if type(plugin).__name__.startswith(part) else f", its {part} part")
+            + ")"
+            for index, plugin, part in owners
+        ]
+        raise ValueError(
+            f"{', '.join(named[:-1])} and {named[-1]} {'both' if len(named) == 2 else 'all'} own {kind} "
+            f"masks in one strategy: {consequence}; use one of them (SparCLPlugin holds its own "
+            f"{owners[0][2]}: give it the {instead})"
+        )
 
 
 def weight_mask_owner_before(plugin: Any, plugins: list[Any]) -> Any | None:

@@ -8,7 +8,7 @@ import torch
 from avalanche.core import SupervisedPlugin
 
 from avalanche_sparcl.distributed import unwrap
-from avalanche_sparcl.plugins.composition import weight_mask_owner_before
+from avalanche_sparcl.plugins.composition import refuse_two_mask_owners, weight_mask_owner_before
 from avalanche_sparcl.plugins.probe import probe_forward
 from avalanche_sparcl.settings import check_options, default, options_of
 from avalanche_sparcl.sparse.gradient_masks import GradientMasking
@@ -25,6 +25,8 @@ class DGMPlugin(SupervisedPlugin, supports_distributed=True):
     ``gradient_sparsity`` over TDM's active weights and refreshing right after every mask change. On its
     own it is the adapter for DGM without TDM: TDM's default layer set, every weight active.
     """
+
+    owns_gradient_masks = True  # see plugins.composition
 
     def __init__(
         self,
@@ -57,7 +59,9 @@ class DGMPlugin(SupervisedPlugin, supports_distributed=True):
         self.handed_to_tdm = True
 
     def before_training(self, strategy: Any, **kwargs: Any) -> None:
-        """Hand the masks to a TDMPlugin listed before this plugin, if any (once)."""
+        """Refuse a second owner of gradient masks; hand the masks to a TDMPlugin listed before this
+        plugin, if any (once)."""
+        refuse_two_mask_owners(list(strategy.plugins))
         if not self.handed_to_tdm and self.engine is None:
             tdm = weight_mask_owner_before(self, list(strategy.plugins))
             if tdm is not None:

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from avalanche.core import SupervisedPlugin
 
-from avalanche_sparcl.plugins.composition import refuse_two_weight_mask_owners
+from avalanche_sparcl.plugins.composition import refuse_two_mask_owners
 from avalanche_sparcl.plugins.ddr import DDRPlugin
 from avalanche_sparcl.plugins.dgm import DGMPlugin
 from avalanche_sparcl.plugins.masked_head import MaskedHeadPlugin
@@ -85,6 +85,11 @@ class SparCLPlugin(SupervisedPlugin, supports_distributed=True):
         return cls(sparsity, removal_ratio=0.0, gradient_sparsity=gradient_sparsity, **options)
 
     @property
+    def owns_gradient_masks(self) -> bool:
+        """Whether DGM is on (see plugins.composition): its part, or the masks handed to TDM."""
+        return self.dgm is not None
+
+    @property
     def masks(self) -> dict[str, torch.Tensor]:
         """TDM's weight masks (empty for a dense network)."""
         return {} if self.tdm is None else self.tdm.masks
@@ -100,8 +105,8 @@ class SparCLPlugin(SupervisedPlugin, supports_distributed=True):
             getattr(part, hook)(strategy, **kwargs)
 
     def before_training(self, strategy: Any, **kwargs: Any) -> None:
-        """Refusals first (a second owner of weight masks, DDR's), before anything is changed."""
-        refuse_two_weight_mask_owners(list(strategy.plugins))
+        """Refusals first (a second owner of weight or gradient masks, DDR's), before anything is changed."""
+        refuse_two_mask_owners(list(strategy.plugins))
         self._run_parts("before_training", strategy, kwargs)
 
     def after_train_dataset_adaptation(self, strategy: Any, **kwargs: Any) -> None:

@@ -11,7 +11,7 @@ from avalanche.core import SupervisedPlugin
 from avalanche.models.packnet import PackNetModule, PackNetPlugin
 
 from avalanche_sparcl.distributed import unwrap
-from avalanche_sparcl.plugins.composition import refuse_two_weight_mask_owners
+from avalanche_sparcl.plugins.composition import refuse_two_mask_owners
 from avalanche_sparcl.plugins.probe import probe_forward
 from avalanche_sparcl.settings import default
 from avalanche_sparcl.sparse.dynamic import DynamicSparsity, TDMSettings
@@ -93,7 +93,7 @@ class TDMPlugin(SupervisedPlugin, supports_distributed=True):
     def before_training(self, strategy: Any, **kwargs: Any) -> None:
         """Refuse a strategy that prunes the model itself, or a second owner of weight masks, before
         anything is changed."""
-        refuse_two_weight_mask_owners(list(strategy.plugins))
+        refuse_two_mask_owners(list(strategy.plugins))
         refuse_self_pruning(strategy)
 
     def before_training_exp(self, strategy: Any, **kwargs: Any) -> None:
