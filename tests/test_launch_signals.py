@@ -108,16 +108,16 @@ def kill_leftovers(pids: list[int]) -> None:
 
 @linux_only
 @pytest.mark.parametrize(
-    ("target", "signum"),
-    [("command", signal.SIGTERM), ("command", signal.SIGINT), ("command", signal.SIGKILL)],
-    ids=["SIGTERM", "SIGINT", "SIGKILL"],
+    ("kill", "signum"),
+    [(os.kill, signal.SIGTERM), (os.killpg, signal.SIGINT), (os.killpg, signal.SIGKILL)],
+    ids=["SIGTERM", "SIGINT to its process group (Ctrl-C)", "SIGKILL to its process group"],
 )
-def test_killing_the_command_leaves_no_process_of_the_run(tmp_path, target, signum):
-    process, training_log = start_long_run(tmp_path)
+def test_killing_the_command_leaves_no_process_of_the_run(tmp_path, kill, signum):
+    process, training_log = start_long_run(tmp_path)  # the leader of a process group of its own
     tree: list[int] = []
     try:
         tree = wait_until_training(process, training_log, tmp_path)
-        os.kill(process.pid, signum)
+        kill(process.pid, signum)
         gone_after = wait_until_gone([process.pid, *tree])
         assert alive([process.pid, *tree]) == []
         assert gone_after <= GONE_WITHIN_S
@@ -202,12 +202,17 @@ def hold_the_lock(run_dir: Path) -> subprocess.Popen:
     return holder
 
 
+def refuse_to_launch(monkeypatch) -> None:
+    """Fail the test if the command starts a process."""
+    monkeypatch.setattr(subprocess, "Popen", lambda *arguments, **options: pytest.fail("launched"))
+
+
 def test_a_locked_run_folder_is_refused_before_launching(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(launch, "run_tied", lambda *arguments: pytest.fail("launched"))
     out = tmp_path / "runs"
     run_dir = smoke_run_folder(out)
     run_dir.mkdir(parents=True)
     holder = hold_the_lock(run_dir)
+    refuse_to_launch(monkeypatch)
     try:
         assert cli.main(smoke_arguments(SMOKE_CONFIG, out, "--nproc", "2")) == 2
     finally:
@@ -220,7 +225,7 @@ def test_a_locked_run_folder_is_refused_before_launching(tmp_path, capsys, monke
 
 
 def test_another_runs_folder_is_refused_before_launching(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(launch, "run_tied", lambda *arguments: pytest.fail("launched"))
+    refuse_to_launch(monkeypatch)
     out = tmp_path / "runs"
     run_dir = smoke_run_folder(out)
     run_dir.mkdir(parents=True)
@@ -321,7 +326,7 @@ def test_the_collective_timeout_is_bounded_and_configurable(monkeypatch, capsys,
     monkeypatch.setenv(launch.COLLECTIVE_TIMEOUT, "2.5")
     assert launch.collective_timeout().total_seconds() == 2.5
     monkeypatch.setenv(launch.COLLECTIVE_TIMEOUT, "0")
-    monkeypatch.setattr(launch, "run_tied", lambda *arguments: pytest.fail("launched"))
+    refuse_to_launch(monkeypatch)
     assert cli.main(smoke_arguments(SMOKE_CONFIG, tmp_path, "--nproc", "2")) == 2
     assert capsys.readouterr().err == (
         "sparcl-bench: error: SPARCL_COLLECTIVE_TIMEOUT_S must be a number of seconds > 0, got '0'\n"
