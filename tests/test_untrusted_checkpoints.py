@@ -127,9 +127,10 @@ def test_a_crafted_checkpoint_with_a_valid_header_is_not_run_on_resume(tmp_path,
         checkpoint.write_bytes(with_valid_header(payload))
     else:
         checkpoint.write_bytes(signed_with_another_key(payload, run_id_of(config_path)))
-    assert main(smoke_arguments(config_path, tmp_path / "runs")) == 2
+    exit_code = main(smoke_arguments(config_path, tmp_path / "runs"))
+    assert not marker.exists()  # the payload did not run
+    assert exit_code == 2
     assert one_error_line(capsys) == f"sparcl-bench: error: {checkpoint}: {UNSIGNED}"
-    assert not marker.exists()
     assert main(smoke_arguments(config_path, tmp_path / "runs", "--restart")) == 0
     assert not marker.exists()
 
@@ -241,8 +242,9 @@ def test_export_never_unpickles_the_checkpoint(finished_smoke_run, tmp_path, cap
     shutil.copytree(finished_smoke_run, run_dir)
     marker = tmp_path / "payload_ran"
     (run_dir / "checkpoint.pkl").write_bytes(with_valid_header(crafted_pickle(marker)))
-    assert main(["export", str(run_dir), "--out", str(tmp_path / "export")]) == 0
-    assert not marker.exists()
+    exit_code = main(["export", str(run_dir), "--out", str(tmp_path / "export")])
+    assert not marker.exists()  # the payload did not run
+    assert exit_code == 0
     assert (tmp_path / "export" / "model.sparse").is_file()
 
 
