@@ -385,11 +385,11 @@ def flops_cell(table: str, method_label: str) -> str:
 
 def test_flops_ratio_pairs_the_sparse_run_with_the_dense_run_of_the_same_schedule(tmp_path):
     configs = tmp_path / "configs"
-    dense_1 = write_config(configs, "dense_e1.yaml", "training: {strategy: der, buffer_size: 50, epochs: 1}\n")
-    dense_3 = write_config(configs, "dense_e3.yaml", "training: {strategy: der, buffer_size: 50, epochs: 3}\n")
-    sparse_3 = write_config(
-        configs, "sparse_e3.yaml", "training: {strategy: der, buffer_size: 50, epochs: 3}\nsparcl: {sparsity: 0.75}\n"
-    )
+    epochs_1 = "training: {strategy: der, buffer_size: 50, epochs: 1}\n"
+    epochs_3 = "training: {strategy: der, buffer_size: 50, epochs: 3}\n"
+    dense_1 = write_config(configs, "dense_e1.yaml", epochs_1)
+    dense_3 = write_config(configs, "dense_e3.yaml", epochs_3)
+    sparse_3 = write_config(configs, "sparse_e3.yaml", epochs_3 + "sparcl: {sparsity: 0.75}\n")
     runs = tmp_path / "runs"
     write_run(runs, fake_results(dense_1, 0, flops=1e9))  # listed first: the pairing must skip it
     write_run(runs, fake_results(sparse_3, 0, flops=0.78e9))
@@ -401,9 +401,7 @@ def test_flops_ratio_pairs_the_sparse_run_with_the_dense_run_of_the_same_schedul
     assert flops_cell(table, "SparCL-DER++ 0.75") == "0.260"
     assert flops_cell(table, "DER++ [dense_e3]") == "1.000"
 
-    dense_3_again = write_config(
-        configs, "dense_e3_copy.yaml", "training: {strategy: der, buffer_size: 50, epochs: 3}\n"
-    )
+    dense_3_again = write_config(configs, "dense_e3_copy.yaml", epochs_3)
     write_run(runs, fake_results(dense_3_again, 0, flops=2e9))
     table = write_report(runs, tmp_path / "out").table
     assert flops_cell(table, "SparCL-DER++ 0.75") == (
@@ -413,14 +411,11 @@ def test_flops_ratio_pairs_the_sparse_run_with_the_dense_run_of_the_same_schedul
 
 def test_flops_ratio_ignores_dense_runs_of_another_lr_model_width_or_smoke_flag(tmp_path):
     configs = tmp_path / "configs"
-    sparse = write_config(
-        configs, "sparse.yaml", "training: {strategy: der, buffer_size: 50, lr: 0.1}\nsparcl: {sparsity: 0.75}\n"
-    )
+    lr_01 = "training: {strategy: der, buffer_size: 50, lr: 0.1}\n"
+    sparse = write_config(configs, "sparse.yaml", lr_01 + "sparcl: {sparsity: 0.75}\n")
     others = [
         write_config(configs, "dense_lr.yaml", "training: {strategy: der, buffer_size: 50, lr: 0.03}\n"),
-        write_config(
-            configs, "dense_width.yaml", "training: {strategy: der, buffer_size: 50, lr: 0.1}\nmodel: {width: 16}\n"
-        ),
+        write_config(configs, "dense_width.yaml", lr_01 + "model: {width: 16}\n"),
     ]
     runs = tmp_path / "runs"
     write_run(runs, fake_results(sparse, 0, flops=1e9))
