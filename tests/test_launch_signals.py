@@ -67,14 +67,16 @@ def alive(pids: list[int]) -> list[int]:
     return [pid for pid in pids if pid in table and table[pid][1] != "Z"]  # a zombie has ended
 
 
-def start_long_run(tmp_path: Path) -> tuple[subprocess.Popen, Path]:
+def start_long_run(tmp_path: Path, **environment: str) -> tuple[subprocess.Popen, Path]:
     """A two-process run, started in a session of its own; its training log once the ranks train."""
     config = tmp_path / "long.yaml"
     config.write_text(LONG_RUN.format(base=CONFIG_DIR / "split_digits" / "er_buf200.yaml"))
     out = tmp_path / "runs"
     arguments = ["run", str(config), "--nproc", "2", "--quiet", "--out", str(out)]
-    stderr = (tmp_path / "stderr").open("w")
-    process = subprocess.Popen([*COMMAND, *arguments], stderr=stderr, start_new_session=True)
+    with (tmp_path / "stderr").open("w") as stderr:
+        process = subprocess.Popen(
+            [*COMMAND, *arguments], stderr=stderr, start_new_session=True, env={**os.environ, **environment}
+        )
     return process, out / "split_digits" / "long" / "seed_0" / "csv" / "training_results.csv"
 
 
@@ -146,6 +148,38 @@ def test_killing_the_launcher_ends_the_ranks_and_the_command_says_so(tmp_path):
         assert (tmp_path / "stderr").read_text().splitlines()[-1] == (
             "sparcl-bench: error: a data-parallel process was ended by SIGKILL"
         )
+    finally:
+        kill_leftovers([process.pid, *tree])
+        process.wait()
+
+
+def rank_of(pid: int) -> str | None:
+    """A launched process's RANK (None for the launcher, which has none)."""
+    for entry in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+        if entry.startswith(b"RANK="):
+            return entry[len(b"RANK=") :].decode()
+    return None
+
+
+@linux_only
+def test_a_stopped_rank_ends_the_run_after_the_collective_timeout(tmp_path):
+    process, training_log = start_long_run(tmp_path, **{launch.COLLECTIVE_TIMEOUT: "5"})
+    tree: list[int] = []
+    try:
+        tree = wait_until_training(process, training_log, tmp_path)
+        (rank1,) = [pid for pid in tree if rank_of(pid) == "1"]
+        os.kill(rank1, signal.SIGSTOP)
+        stopped = time.monotonic()
+        # rank 0 waits 5 s; torch's agent then gives the stopped rank 30 s to end before SIGKILL
+        assert process.wait(timeout=240) == 1
+        assert time.monotonic() - stopped < 120
+        assert alive(tree) == []
+        last_line = (tmp_path / "stderr").read_text().splitlines()[-1]
+        assert last_line.startswith(
+            "sparcl-bench: training failed: rank 0 waited more than 5 s (SPARCL_COLLECTIVE_TIMEOUT_S) for "
+            "the other ranks, so one of them stopped or hangs ("
+        )
+        assert last_line.endswith("); the last checkpoint is kept")
     finally:
         kill_leftovers([process.pid, *tree])
         process.wait()

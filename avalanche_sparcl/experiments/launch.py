@@ -304,9 +304,20 @@ def rank_main(argv: list[str]) -> int:
     if MESSAGES in os.environ:
         path = Path(os.environ[MESSAGES]) / f"rank{os.environ.get('RANK', '0')}"
         sys.stderr = MessageRecorder(sys.stderr, path)  # type: ignore[assignment]
-    from avalanche_sparcl.experiments.cli import main
+    from avalanche_sparcl.experiments.cli import TRAINING_FAILED, main
 
-    return main(argv)
+    try:
+        return main(argv)
+    except RuntimeError as error:  # torch raises its collective timeouts as RuntimeError
+        if "timeout" not in str(error).lower() and "timed out" not in str(error).lower():
+            raise
+        print(
+            f"{MESSAGE_PREFIX}training failed: rank {os.environ.get('RANK', '?')} waited more than "
+            f"{collective_timeout().total_seconds():g} s ({COLLECTIVE_TIMEOUT}) for the other ranks, so one "
+            f"of them stopped or hangs ({str(error).strip()}); the last checkpoint is kept",
+            file=sys.stderr,
+        )
+        return TRAINING_FAILED
 
 
 if __name__ == "__main__":
