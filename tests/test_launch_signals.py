@@ -128,8 +128,11 @@ def test_killing_the_command_leaves_no_process_of_the_run(tmp_path, kill, signum
             assert process.returncode == 128 + signal.SIGTERM
         elif signum == signal.SIGKILL:
             assert process.returncode == -signal.SIGKILL
-        else:
-            assert process.returncode != 0
+        else:  # as one process answers Ctrl-C, once
+            assert process.returncode == cli.INTERRUPTED
+            stderr = (tmp_path / "stderr").read_text().splitlines()
+            assert stderr[-1] == cli.interrupted_message("run")
+            assert stderr.count(cli.interrupted_message("run")) == 1
     finally:
         kill_leftovers([process.pid, *tree])
         process.wait()

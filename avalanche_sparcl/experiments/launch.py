@@ -204,7 +204,7 @@ def run_tied(command: list[str], environment: dict[str, str]) -> tuple[int, int 
             process.terminate()
             process.wait()
         for signum, handler in previous.items():
-            signal.signal(signum, handler)
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)  # None: set outside Python
     return (128 - code if code < 0 else code), (received[0] if received else None)
 
 
