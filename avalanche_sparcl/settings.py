@@ -151,6 +151,26 @@ OPTIONS: dict[str, Option] = {
         "steps before a mask update whose gradients feed CWI",
         "optimizer steps",
     ),
+    "layer_densities": Option(
+        "tdm",
+        "uniform",
+        Range("choice", choices=("uniform", "erk")),
+        "how the sparsity is spread over the masked layers (erk: Erdos-Renyi-kernel, same total)",
+    ),
+    "kept_scale": Option(
+        "tdm",
+        "weight_variance",
+        Range("choice", choices=("none", "weight_variance", "unit_variance")),
+        "rescaling of each unit's kept weights when its mask is made: to the dense initialisation's "
+        "variance per weight, or per unit (the unit's pre-activation variance)",
+    ),
+    "ramp_steps": Option(
+        "tdm",
+        0,
+        Range("non_negative_int"),
+        "steps of the first experience over which the masked layers go from dense to their sparsity",
+        "optimizer steps",
+    ),
     "stages": Option("ddr", 4, Range("positive_int"), "removal stages per experience"),
     "cutoff": Option(
         "ddr", 0.4, SCHEDULE_FRACTION, "point by which the removal is complete", "fraction of the epochs"

@@ -19,11 +19,17 @@ def make_engine(shapes, sparsity=0.75, **options):
 def test_initial_mask_keeps_the_largest_magnitudes_and_zeroes_the_rest():
     torch.manual_seed(0)
     weight = torch.randn(40, 25)
-    engine = DynamicSparsity({"w": torch.nn.Parameter(weight.clone())}, {"w": 0.9}, TDMSettings(0.9))
+    engine = DynamicSparsity(
+        {"w": torch.nn.Parameter(weight.clone())}, {"w": 0.9}, TDMSettings(0.9, kept_scale="none")
+    )
     mask = engine.masks["w"]
     assert int(mask.sum()) == 100
     assert weight.abs()[mask].min() >= weight.abs()[~mask].max()
     assert torch.equal(engine.params["w"].detach(), weight * mask)
+    scaled = DynamicSparsity({"w": torch.nn.Parameter(weight.clone())}, {"w": 0.9}, TDMSettings(0.9))
+    assert torch.equal(scaled.masks["w"], mask)  # the default rescales the same kept weights, per row
+    ratios = scaled.params["w"].detach()[mask] / weight[mask]
+    assert (ratios > 0).all() and (ratios < 1).all()
 
 
 def test_cwi_prunes_by_weight_plus_mean_gradient_not_by_magnitude_alone():

@@ -324,6 +324,7 @@ def test_config_without_dataset_root_validates_with_the_default(tmp_path):
         "n_experiences": 5,
         "task_labels": False,
         "dataset_root": None,
+        "train_per_class": None,
     }
     assert load_config(write_config(tmp_path, tmp_path / "data")).benchmark["dataset_root"] == str(
         tmp_path / "data"

@@ -173,8 +173,9 @@ def test_options_reach_the_part_that_owns_them():
             {"mutate": 0.1},
             "SparCLPlugin got unknown option(s) 'mutate' (did you mean 'mutate_ratio'?); "
             "accepted options: cutoff, expand_ratio, freeze_at, gradient_sparsity, importance_lambda, "
-            "importance_window, masked_head, min_experience_steps, min_update_steps, mutate_ratio, "
-            "profile, refresh_every, regrow, removal_ratio, seed, sparsity, stages, update_every",
+            "importance_window, kept_scale, layer_densities, masked_head, min_experience_steps, "
+            "min_update_steps, mutate_ratio, profile, ramp_steps, refresh_every, regrow, removal_ratio, "
+            "seed, sparsity, stages, update_every",
         ),
     ],
 )

@@ -272,8 +272,9 @@ def test_a_model_with_no_selectable_layer_fails_at_the_start_of_training(digits_
         (
             {"sparsty": 0.5},
             "TDMPlugin got unknown option(s) 'sparsty' (did you mean 'sparsity'?); accepted "
-            "options: expand_ratio, freeze_at, importance_lambda, importance_window, min_update_steps, "
-            "mutate_ratio, profile, regrow, seed, sparsity, update_every",
+            "options: expand_ratio, freeze_at, importance_lambda, importance_window, kept_scale, "
+            "layer_densities, min_update_steps, mutate_ratio, profile, ramp_steps, regrow, seed, sparsity, "
+            "update_every",
         ),
         ({"sparsity": 1.2}, "sparsity must be in [0, 1), got 1.2"),
         ({"expand_ratio": 0.5, "sparsity": 0.4}, "expand_ratio must be in [0, 0.4], got 0.5"),

@@ -44,10 +44,10 @@ def build_benchmark(config: ExperimentConfig, seed: int, smoke: bool) -> NCScena
     spec = config.benchmark
     if smoke:
         return random_benchmark_like(spec["name"], spec["n_experiences"], spec["task_labels"], seed)
-    if spec["name"] == "split_digits":
-        return benchmarks.split_digits(spec["n_experiences"], seed=seed, return_task_id=spec["task_labels"])
     if spec.get("train_per_class") is not None:
         return fmnist_subset(config, seed)
+    if spec["name"] == "split_digits":
+        return benchmarks.split_digits(spec["n_experiences"], seed=seed, return_task_id=spec["task_labels"])
     builder = getattr(benchmarks, spec["name"])
     return builder(spec["dataset_root"], spec["n_experiences"], seed=seed, return_task_id=spec["task_labels"])
 

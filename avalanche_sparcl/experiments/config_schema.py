@@ -130,6 +130,9 @@ BENCHMARK_KEYS = {
     "n_experiences": Key("an integer >= 1 that divides the number of classes", positive_int, None),
     "task_labels": Key("true or false", is_bool, False),
     "dataset_root": Key("a folder path (string)", is_text, None),
+    "train_per_class": Key(
+        "an integer >= 1 (split_fmnist only: the first N training images of each class)", positive_int, None
+    ),
 }
 MODEL_KEYS = {
     "name": choice_key(tuple(MODEL_WIDTHS)),

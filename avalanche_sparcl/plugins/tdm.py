@@ -189,7 +189,7 @@ class TDMPlugin(SupervisedPlugin, supports_distributed=True):
             parameters_named(model, profile)  # all must still exist
             return {name: profile[name] for name in trainable_parameters(model, profile)}
         names = default_sparse_weights(model, lambda: probe_forward(strategy))
-        return dict.fromkeys(names, self.settings.sparsity)
+        return self.settings.sparsities_of(parameters_named(model, names))
 
 
 def refuse_self_pruning(strategy: Any) -> None:

@@ -89,12 +89,13 @@ class DynamicSparsity:
         }
         self.generator = torch.Generator().manual_seed(settings.seed)
         self.importance = ContinualWeightImportance(self.params, settings.importance_lambda)
-        self.masks: dict[str, Tensor] = {
-            name: top_k_mask(param.detach().abs(), self.targets[name]) for name, param in self.params.items()
-        }
+        self.ramp_step = -1  # the first experience's ramp: steps done, -1 when none is running
+        self.experience = -1
+        self.masks: dict[str, Tensor] = {}
+        for name in self.params:
+            self.masks[name] = self._initial_mask(name)
         self.schedule = ExperienceSchedule([])
         self.fixed_mask_experiences: list[int] = []  # experiences too short for any mask update
-        self.experience = -1
         self.history: list[MaskUpdateRecord] = []
         self.masked_versions: list[int] = []
         self.retired_masks: dict[str, Tensor] = {}  # masks of parameters that stopped training
@@ -102,8 +103,19 @@ class DynamicSparsity:
         self.mask_weights()
 
     def __setstate__(self, state: dict) -> None:
-        """Checkpoints written before parameters could retire have none retired."""
-        self.__dict__.update({"retired_masks": {}, **state})
+        """Checkpoints written before parameters could retire have none retired (and no ramp)."""
+        self.__dict__.update({"retired_masks": {}, "ramp_step": -1, **state})
+
+    def _initial_mask(self, name: str) -> Tensor:
+        """A new parameter's mask: its largest weights (rescaled by ``kept_scale``), or all of
+        them when the first experience ramps the sparsity in (``ramp_steps``)."""
+        param = self.params[name]
+        if self.settings.ramp_steps and self.experience < 0:
+            return torch.ones_like(param, dtype=torch.bool)
+        mask = top_k_mask(param.detach().abs(), self.targets[name])
+        if self.settings.kept_scale != "none":
+            scale_kept_weights(param, mask, self.settings.kept_scale)
+        return mask
 
     @property
     def all_masks(self) -> dict[str, Tensor]:
@@ -131,9 +143,7 @@ class DynamicSparsity:
             self.targets[name] = kept_count(param.numel(), sparsity)
             retired = self.retired_masks.pop(name, None)
             fits = retired is not None and retired.shape == param.shape
-            self.masks[name] = (
-                retired.to(param.device) if fits else top_k_mask(param.detach().abs(), self.targets[name])
-            )
+            self.masks[name] = retired.to(param.device) if fits else self._initial_mask(name)
         check_agreement("TDM's masks of the layers that train", self.masks)
         self.bind(model)
         self.mask_weights()
@@ -146,8 +156,8 @@ class DynamicSparsity:
         if settings.profile:
             params = resolve_profile(model, settings.profile)
             return cls(params, settings.profile, settings)
-        names = default_sparse_weights(model, run_forward)
-        return cls(parameters_named(model, names), dict.fromkeys(names, settings.sparsity), settings)
+        params = parameters_named(model, default_sparse_weights(model, run_forward))
+        return cls(params, settings.sparsities_of(params), settings)
 
     def bind(self, model: nn.Module) -> bool:
         """Follow the masked parameters by name into ``model``; returns whether any tensor changed.
@@ -193,11 +203,16 @@ class DynamicSparsity:
             fixed = False
         self.schedule = ExperienceSchedule(updates)
         self.observing = self.reads_gradients() and self.schedule.updates_left
-        if fixed:
+        ramp = self.experience == 0 and self.settings.ramp_steps > 0
+        self.ramp_step = 0 if ramp else -1
+        if fixed and not ramp:
             self.fixed_mask_experiences.append(self.experience)
-        else:
+        elif not ramp:  # a ramp starts dense: nothing to expand into
             ratio = self.settings.expand_ratio
-            grow = {name: round(p.numel() * ratio) for name, p in self.params.items()}
+            kept = self.kept()
+            grow = {
+                name: min(round(p.numel() * ratio), p.numel() - kept[name]) for name, p in self.params.items()
+            }
             self._change("expand", 0.0, dict.fromkeys(grow, 0), grow, optimizer)
         self.restart_importance()
         if optimizer is not None:
@@ -227,6 +242,9 @@ class DynamicSparsity:
     ) -> MaskUpdateKind | None:
         """Run the mask update due before this iteration, if any, and return its kind."""
         kind = self.schedule.due(epoch, iteration, iterations_per_epoch)
+        if self.ramp_step >= 0:  # the ramp owns the mask until it ends; updates due meanwhile lapse
+            self._ramp(epoch + iteration / max(iterations_per_epoch, 1), optimizer)
+            kind = None
         if kind is not None:
             position = epoch + iteration / max(iterations_per_epoch, 1)
             if kind is MaskUpdateKind.SHRINK:
@@ -239,6 +257,40 @@ class DynamicSparsity:
             self.restart_importance()
         self.observing = self.in_importance_window(epoch, iteration, iterations_per_epoch)
         return kind
+
+    def ramp_kept(self, name: str, step: int) -> int:
+        """Weights parameter ``name`` keeps at ``step`` of the ramp: from all of them down to its
+        target along Zhu and Gupta's cubic (fast at first, slow near the target)."""
+        numel, target = self.params[name].numel(), self.targets[name]
+        remaining = max(0.0, 1 - step / self.settings.ramp_steps)
+        return target + round((numel - target) * remaining**3)
+
+    def _ramp(self, position: float, optimizer: torch.optim.Optimizer | None) -> None:
+        """Prune the smallest weights down to the ramp's count for this step (a ``ramp`` record when
+        any changed); at its last step the layers are at their targets and CWI starts watching."""
+        step = self.ramp_step
+        kept = self.kept()
+        prune = {name: kept[name] - self.ramp_kept(name, step) for name in self.params}
+        if any(prune.values()):
+            record = MaskUpdateRecord(self.experience, position, "ramp")
+            for name, param in self.params.items():
+                positions = positions_of(self.masks[name])
+                pruned = lowest_positions(positions, param.detach().flatten()[positions].abs(), prune[name])
+                mask = self.masks[name].clone(memory_format=torch.contiguous_format)
+                mask.view(-1)[pruned] = False
+                self.masks[name] = mask
+                with torch.no_grad():
+                    zero_at(param.data, pruned)
+                if optimizer is not None:
+                    clear_optimizer_state(optimizer, param, pruned)
+                record.pruned[name], record.grown[name] = pruned.numel(), 0
+                record.kept[name] = kept[name] - pruned.numel()
+            check_agreement(f"TDM's masks at step {step} of the sparsity ramp", self.masks)
+            self.history.append(record)
+        self.ramp_step = step + 1
+        if self.ramp_step > self.settings.ramp_steps:
+            self.ramp_step = -1
+            self.restart_importance()
 
     def reads_gradients(self) -> bool:
         """Whether mask updates read gradients at all (not for magnitude pruning with random regrowth)."""
@@ -363,6 +415,25 @@ class DynamicSparsity:
         for name, param in self.params.items():
             if self.masks[name].device != param.device:
                 self.masks[name] = self.masks[name].to(param.device)
+
+
+@torch.no_grad()
+def scale_kept_weights(param: Tensor, mask: Tensor, rule: str) -> None:
+    """Rescale each output unit's kept weights (a row of ``param``) after a magnitude mask is made.
+
+    Keeping the largest weights of an initialisation keeps the tail of its distribution (at 75%
+    sparsity a uniform initialisation's kept quarter has 2.3 times its variance). ``weight_variance``
+    scales them back to the variance of the unit's dense weights, as a random mask would keep them;
+    ``unit_variance`` makes their squared sum the dense unit's, so the unit's pre-activation keeps
+    its dense variance (Evci et al. 2022). Before normalisation layers the scale sets how fast the
+    weights turn, not the activations.
+    """
+    rows = param.detach().reshape(param.shape[0], -1)
+    row_mask = mask.reshape(mask.shape[0], -1)
+    whole, kept_sum = rows.pow(2).sum(1), (rows * row_mask).pow(2).sum(1)
+    target = whole if rule == "unit_variance" else whole * row_mask.sum(1) / rows.shape[1]
+    factor = torch.where(kept_sum > 0, (target / kept_sum.clamp_min(1e-30)).sqrt(), torch.ones_like(whole))
+    param.mul_(factor.view(-1, *([1] * (param.dim() - 1))))
 
 
 __all__ = ["ZERO_PRESERVING_OPTIMIZERS", "DynamicSparsity", "MaskUpdateRecord", "TDMSettings"]

@@ -15,6 +15,7 @@ reference code froze BatchNorm biases at zero by accident). A profile in the ref
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -206,3 +207,24 @@ def resolve_profile(model: nn.Module, ratios: Mapping[str, float]) -> dict[str, 
             f"{', '.join(refused)}; a profile names convolution and Linear weights"
         )
     return {name: params[name] for name in ratios}
+
+
+def erk_sparsities(shapes: Mapping[str, tuple[int, ...]], sparsity: float) -> dict[str, float]:
+    """Erdos-Renyi-kernel sparsities (RigL, Evci et al. 2020) keeping the same total as ``sparsity``
+    everywhere: a layer's density is proportional to ``sum(shape) / prod(shape)``, so small layers
+    (few inputs and outputs per weight) stay denser. Layers the rule would make denser than dense
+    are kept dense and the others share the rest, as in RigL.
+    """
+    numel = {name: math.prod(shape) for name, shape in shapes.items()}
+    kept_total = sum(numel.values()) * (1 - sparsity)
+    dense: set[str] = set()
+    while True:
+        free = [name for name in shapes if name not in dense]
+        raw = {name: sum(shapes[name]) / numel[name] for name in free}
+        budget = kept_total - sum(numel[name] for name in dense)
+        scale = budget / sum(raw[name] * numel[name] for name in free) if free else 0.0
+        over = [name for name in free if raw[name] * scale > 1]
+        if not over:
+            break
+        dense.update(over)
+    return {name: 0.0 if name in dense else 1 - raw[name] * scale for name in shapes}

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
+from torch import Tensor
+
 from avalanche_sparcl.settings import LAYER_RATIOS, check_options, default, options_of
-from avalanche_sparcl.sparse.layers import ProfileLike, load_profile
+from avalanche_sparcl.sparse.layers import ProfileLike, erk_sparsities, load_profile
 from avalanche_sparcl.validation import check_fraction
 
 
@@ -41,6 +44,9 @@ class TDMSettings:
     seed: int = default("seed")
     min_update_steps: int = default("min_update_steps")
     importance_window: int = default("importance_window")
+    layer_densities: str = default("layer_densities")
+    kept_scale: str = default("kept_scale")
+    ramp_steps: int = default("ramp_steps")
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sparsity", check_options({"sparsity": self.sparsity})["sparsity"])
@@ -53,6 +59,13 @@ class TDMSettings:
             check_layer_ratios(sparsity, self.expand_ratio, self.mutate_ratio)
         for name in LAYER_RATIOS:
             object.__setattr__(self, name, float(getattr(self, name)))
+
+    def sparsities_of(self, params: Mapping[str, Tensor]) -> dict[str, float]:
+        """Each default-rule layer's sparsity: ``sparsity`` everywhere, or ERK densities with the
+        same kept total (``layer_densities="erk"``)."""
+        if self.layer_densities == "erk":
+            return erk_sparsities({name: tuple(param.shape) for name, param in params.items()}, self.sparsity)
+        return dict.fromkeys(params, self.sparsity)
 
     def layer_sparsities(self) -> list[float]:
         """The distinct target sparsities of the masked layers."""

@@ -70,7 +70,7 @@ class SparseTraining:
             sparsities = dict(settings.profile)
         else:
             names = default_sparse_weights(model, lambda: model(example_input))
-            sparsities = dict.fromkeys(names, settings.sparsity)
+            sparsities = settings.sparsities_of(parameters_named(model, names))
         dynamic = DynamicSparsity(parameters_named(model, sparsities), sparsities, settings)
         checked = check_options({"gradient_sparsity": gradient_sparsity, "refresh_every": refresh_every})
         gradient = None
