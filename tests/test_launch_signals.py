@@ -1,8 +1,9 @@
 """``sparcl-bench run --nproc 2`` lives and dies as one command, and reports its errors once.
 
 Killing the command (SIGTERM, SIGINT, SIGKILL) or torch's launcher leaves no process of the run behind;
-a user error found by the ranks is one line and exit code 2; run folders are claimed before launching,
-and a run folder deleted while it is run stays held. The kill tests start real two-process runs on Split
+a stopped rank ends the run after the collective timeout; a user error found by the ranks is one line
+and exit code 2; run folders are claimed before launching, and a run folder deleted while it is run
+stays held. The kill tests start real two-process runs on Split
 Digits and kill them once the ranks are training (Linux: the process tree is read from /proc).
 """
 
