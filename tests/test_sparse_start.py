@@ -5,8 +5,14 @@ import math
 
 import pytest
 import torch
+from avalanche.training import Naive
+from avalanche.training.plugins import EvaluationPlugin
 from torch import nn
 
+from avalanche_sparcl.benchmarks import split_digits
+from avalanche_sparcl.metrics import flops_metrics
+from avalanche_sparcl.models import SmallCNN
+from avalanche_sparcl.plugins import TDMPlugin
 from avalanche_sparcl.sparse.dynamic import DynamicSparsity, TDMSettings
 from avalanche_sparcl.sparse.layers import erk_sparsities
 from avalanche_sparcl.sparse.masks import kept_count
@@ -140,3 +146,34 @@ def test_a_first_experience_shorter_than_the_ramp_ends_at_the_target():
     assert engine.kept()["w"] > 25
     engine.finish_experience()
     assert engine.kept() == {"w": 25}
+
+
+def test_the_ramps_denser_steps_are_counted_in_train_flops():
+    """One epoch of Split Digits' first experience in minibatches of 32 with a 6-step ramp: step i
+    costs conv2 its kept share ramp_kept(i) / numel of a dense step, the later ones the target's."""
+    torch.manual_seed(0)
+    experience = split_digits(n_experiences=5, seed=0).train_stream[0]
+    model = SmallCNN()
+    tdm = TDMPlugin(sparsity=0.75, ramp_steps=6, expand_ratio=0.0, mutate_ratio=0.0)
+    flops = flops_metrics()[0]
+    strategy = Naive(
+        model=model,
+        optimizer=torch.optim.SGD(model.parameters(), lr=0.05),
+        train_mb_size=32,
+        train_epochs=1,
+        plugins=[tdm],
+        evaluator=EvaluationPlugin(flops),
+    )
+    strategy.train(experience)
+    samples = len(experience.dataset)
+    batches = [min(32, samples - start) for start in range(0, samples, 32)]
+    engine = tdm.dynamic_sparsity
+    numel = 64 * 32 * 9
+    kept = [engine.ramp_kept("conv2.weight", step) for step in range(len(batches))]
+    assert kept[:8] == [18432, 12608, 8704, 6336, 5120, 4672, 4608, 4608]  # 4608 + 13824 (1 - i/6)^3
+    per_sample = 2 * 64 * 32 * 9 * 64  # conv2's MACs per 8x8 image, twice
+    expected = per_sample + sum(
+        per_sample * batch * k / numel for batch, k in zip(batches, kept, strict=True)
+    )
+    assert flops.counter.per_layer()["conv2.weight"].forward == pytest.approx(expected, rel=1e-12)
+    assert [record.kind for record in engine.history] == ["ramp"] * 6
