@@ -116,7 +116,14 @@ def checkpoint_key(path: str | os.PathLike | None = None) -> bytes:
     """
     path = checkpoint_key_path() if path is None else Path(path)
     if not path.exists():
-        create_key(path)
+        try:
+            create_key(path)
+        except OSError as error:
+            where = error.filename if error.filename is not None else path
+            raise CheckpointKeyError(
+                f"{path}: cannot create the checkpoint key ({where}: {error.strerror or error}); set "
+                f"{KEY_ENVIRONMENT} to a file you can write"
+            ) from error
     with open(path, "rb") as stream:
         info = os.fstat(stream.fileno())
         text = stream.read(200)

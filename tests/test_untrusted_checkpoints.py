@@ -321,6 +321,17 @@ def test_a_key_others_can_read_is_refused_before_the_run_folder(tmp_path, capsys
     assert not (tmp_path / "runs").exists()
 
 
+def test_a_key_that_cannot_be_made_names_the_way_out(tmp_path, capsys, monkeypatch):
+    (tmp_path / "a_file").write_text("")
+    key_path = tmp_path / "a_file" / "checkpoint.key"
+    monkeypatch.setenv(KEY_ENVIRONMENT, str(key_path))
+    assert main(smoke_arguments(smoke_config(tmp_path), tmp_path / "runs")) == 2
+    assert one_error_line(capsys) == (
+        f"sparcl-bench: error: {key_path}: cannot create the checkpoint key ({tmp_path / 'a_file'}: File "
+        f"exists); set {KEY_ENVIRONMENT} to a file you can write"
+    )
+
+
 def test_a_signed_checkpoint_resumes_only_for_its_run_and_key(tmp_path):
     run_id, other_run = "a" * 64, "b" * 64
     checkpoint = save_checkpoint(tiny_strategy(), tmp_path / "checkpoint.pkl", run_id=run_id)
