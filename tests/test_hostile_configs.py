@@ -5,6 +5,7 @@ and exit 2 before anything trains, in bounded time and memory."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -180,3 +181,22 @@ def test_a_baseline_sparsity_too_high_for_its_method_is_named(tmp_path):
         "every mask update: at this sparsity, mutate_ratio must be in [0, 0.001], got 0.01; choose a "
         "sparsity further from 0 and 1"
     )
+
+
+def test_a_config_that_is_not_a_regular_file_or_too_large_exits_2(tmp_path, capsys):
+    out = tmp_path / "runs"
+    fifo = tmp_path / "fifo.yaml"
+    os.mkfifo(fifo)  # opening it would wait for a writer for ever
+    for path, problem in (
+        (tmp_path, "not a regular file, so not a config file"),
+        (fifo, "not a regular file, so not a config file"),
+        (Path("/dev/zero"), "not a regular file, so not a config file"),
+    ):
+        assert main(["run", str(path), "--out", str(out)]) == 2
+        assert capsys.readouterr().err == f"sparcl-bench: error: {path}: {problem}\n"
+    code, err = run_cli(tmp_path, SECTIONS + "description: " + "x" * (1 << 20) + "\n", capsys)
+    assert (code, err) == (
+        2,
+        f"sparcl-bench: error: {tmp_path / 'config.yaml'}: larger than 1 MiB, so not a config file\n",
+    )
+    assert not out.exists()

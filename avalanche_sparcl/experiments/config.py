@@ -113,12 +113,25 @@ def closest_hint(name: str, candidates: list[str]) -> str:
     return close_matches_hint(name, candidates, n=1, cutoff=0.5)
 
 
+MAX_CONFIG_BYTES = 1 << 20
+"""Largest config file read (1 MiB; the shipped ones are under 2 KB)."""
+
+
 def read_yaml_mapping(path: Path) -> dict[str, Any]:
-    """The top-level mapping of a YAML file, or ConfigError (with the line of a YAML error)."""
+    """The top-level mapping of a YAML file, or ConfigError (with the line of a YAML error).
+
+    Only a regular file of at most ``MAX_CONFIG_BYTES`` is read: a named pipe would block the
+    command and a device such as /dev/zero never end.
+    """
     try:
-        content = path.read_bytes()
+        if path.exists() and not path.is_file():
+            raise ConfigError(f"{path}: not a regular file, so not a config file")
+        with path.open("rb") as stream:
+            content = stream.read(MAX_CONFIG_BYTES + 1)
     except OSError as error:
         raise ConfigError(f"{path}: cannot read config file ({error.strerror})") from None
+    if len(content) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: larger than {MAX_CONFIG_BYTES >> 20} MiB, so not a config file")
     try:
         text = content.decode("utf-8-sig")
     except UnicodeDecodeError as error:
