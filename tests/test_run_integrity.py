@@ -392,6 +392,8 @@ def test_restart_removes_the_old_event_and_csv_files(tmp_path, capsys):
     assert new_event_file != old_event_file
     assert sorted(path.name for path in (folder / "csv").iterdir()) == [
         "eval_results.csv",
+        "sparcl_epochs.csv",
+        "sparcl_experiences.csv",
         "training_results.csv",
     ]
 
