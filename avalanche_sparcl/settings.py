@@ -159,10 +159,11 @@ OPTIONS: dict[str, Option] = {
     ),
     "kept_scale": Option(
         "tdm",
-        "weight_variance",
-        Range("choice", choices=("none", "weight_variance", "unit_variance")),
+        "auto",
+        Range("choice", choices=("auto", "none", "weight_variance", "unit_variance")),
         "rescaling of each unit's kept weights when its mask is made: to the dense initialisation's "
-        "variance per weight, or per unit (the unit's pre-activation variance)",
+        "variance per weight, or per unit (the unit's pre-activation variance); auto: per weight when "
+        "the first experience has fewer than 256 optimizer steps, else none",
     ),
     "ramp_steps": Option(
         "tdm",

@@ -26,8 +26,9 @@ def test_initial_mask_keeps_the_largest_magnitudes_and_zeroes_the_rest():
     assert int(mask.sum()) == 100
     assert weight.abs()[mask].min() >= weight.abs()[~mask].max()
     assert torch.equal(engine.params["w"].detach(), weight * mask)
-    scaled = DynamicSparsity({"w": torch.nn.Parameter(weight.clone())}, {"w": 0.9}, TDMSettings(0.9))
-    assert torch.equal(scaled.masks["w"], mask)  # the default rescales the same kept weights, per row
+    settings = TDMSettings(0.9, kept_scale="weight_variance")
+    scaled = DynamicSparsity({"w": torch.nn.Parameter(weight.clone())}, {"w": 0.9}, settings)
+    assert torch.equal(scaled.masks["w"], mask)  # rescaled: the same kept weights, smaller, per row
     ratios = scaled.params["w"].detach()[mask] / weight[mask]
     assert (ratios > 0).all() and (ratios < 1).all()
 

@@ -80,11 +80,26 @@ def test_unit_variance_scaling_keeps_each_units_squared_sum():
     assert torch.allclose(kept.pow(2).sum(1), initial.reshape(64, -1).pow(2).sum(1), rtol=1e-5)
 
 
-def test_the_default_scales_to_the_per_weight_variance_and_none_leaves_the_weights():
-    default, initial = conv_engine(0.75)
-    scaled, _ = conv_engine(0.75, kept_scale="weight_variance")
-    assert torch.equal(default.params["w"].detach(), scaled.params["w"].detach())
-    plain, _ = conv_engine(0.75, kept_scale="none")
+def test_auto_rescales_when_the_first_experience_is_short():
+    """The default decides at the first experience: 3 epochs of 9 steps (27 < 256) rescale as
+    weight_variance does, 2 epochs of 128 (256) and an unknown length leave the weights as drawn."""
+    scaled, initial = conv_engine(0.75, kept_scale="weight_variance")
+    for steps, rescaled in (((3, 9), True), ((2, 128), False), ((3, None), False)):
+        engine, _ = conv_engine(0.75)
+        assert engine.settings.kept_scale == "auto"
+        mask = engine.masks["w"]
+        assert torch.equal(engine.params["w"].detach(), initial * mask)  # not yet decided
+        engine.start_experience(n_epochs=steps[0], iterations_per_epoch=steps[1])  # expands, at zero
+        expected = scaled.params["w"] if rescaled else initial * mask
+        assert torch.equal(engine.params["w"].detach(), expected.detach())
+        assert engine.kept_scale_rule == ("weight_variance" if rescaled else "none")
+        engine.start_experience(n_epochs=1, iterations_per_epoch=1)  # decided once, never again
+        assert engine.kept_scale_rule == ("weight_variance" if rescaled else "none")
+
+
+def test_none_leaves_the_kept_weights_as_drawn():
+    plain, initial = conv_engine(0.75, kept_scale="none")
+    plain.start_experience(n_epochs=1, iterations_per_epoch=9)
     assert torch.equal(plain.params["w"].detach(), initial * plain.masks["w"])
 
 

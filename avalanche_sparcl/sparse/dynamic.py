@@ -91,6 +91,10 @@ class DynamicSparsity:
         self.importance = ContinualWeightImportance(self.params, settings.importance_lambda)
         self.ramp_step = -1  # the first experience's ramp: steps done, -1 when none is running
         self.experience = -1
+        # kept_scale="auto" is decided when the first experience's length is known; until then the
+        # per-row factors of weight_variance wait here
+        self.kept_scale_rule = None if settings.kept_scale == "auto" else settings.kept_scale
+        self.pending_scales: dict[str, Tensor] = {}
         self.masks: dict[str, Tensor] = {}
         for name in self.params:
             self.masks[name] = self._initial_mask(name)
@@ -103,8 +107,10 @@ class DynamicSparsity:
         self.mask_weights()
 
     def __setstate__(self, state: dict) -> None:
-        """Checkpoints written before parameters could retire have none retired (and no ramp)."""
-        self.__dict__.update({"retired_masks": {}, "ramp_step": -1, **state})
+        """Checkpoints written before parameters could retire have none retired (and no ramp, no
+        rescaled weights)."""
+        defaults = {"retired_masks": {}, "ramp_step": -1, "kept_scale_rule": "none", "pending_scales": {}}
+        self.__dict__.update({**defaults, **state})
 
     def _initial_mask(self, name: str) -> Tensor:
         """A new parameter's mask: its largest weights (rescaled by ``kept_scale``), or all of
@@ -113,9 +119,24 @@ class DynamicSparsity:
         if self.settings.ramp_steps and self.experience < 0:
             return torch.ones_like(param, dtype=torch.bool)
         mask = top_k_mask(param.detach().abs(), self.targets[name])
-        if self.settings.kept_scale != "none":
-            scale_kept_weights(param, mask, self.settings.kept_scale)
+        if self.kept_scale_rule is None:
+            self.pending_scales[name] = kept_scale_factors(param, mask, "weight_variance")
+        elif self.kept_scale_rule != "none":
+            scale_rows(param, kept_scale_factors(param, mask, self.kept_scale_rule))
         return mask
+
+    def decide_kept_scale(self, steps: int | None) -> None:
+        """``kept_scale="auto"``: rescale the kept weights to the per-weight variance if the first
+        experience has fewer than ``AUTO_SCALE_STEPS`` optimizer steps, else leave them as drawn."""
+        if self.kept_scale_rule is not None:
+            return
+        short = steps is not None and steps < AUTO_SCALE_STEPS
+        self.kept_scale_rule = "weight_variance" if short else "none"
+        if short:
+            for name, factors in self.pending_scales.items():
+                if name in self.params:
+                    scale_rows(self.params[name], factors.to(self.params[name].device))
+        self.pending_scales = {}
 
     @property
     def all_masks(self) -> dict[str, Tensor]:
@@ -194,6 +215,7 @@ class DynamicSparsity:
         """
         self.experience += 1
         self._follow_parameter_devices()
+        self.decide_kept_scale(None if iterations_per_epoch is None else n_epochs * iterations_per_epoch)
         updates = mask_updates(n_epochs, self.settings.update_every, self.settings.freeze_at)
         if iterations_per_epoch is not None:
             spaced = space_updates(updates, iterations_per_epoch, self.settings.min_update_steps)
@@ -417,13 +439,21 @@ class DynamicSparsity:
                 self.masks[name] = self.masks[name].to(param.device)
 
 
-@torch.no_grad()
-def scale_kept_weights(param: Tensor, mask: Tensor, rule: str) -> None:
-    """Rescale each output unit's kept weights (a row of ``param``) after a magnitude mask is made.
+AUTO_SCALE_STEPS = 256
+"""``kept_scale="auto"`` rescales the kept weights when the first experience has fewer optimizer
+steps than this. Rescaled weights turn faster under normalisation layers, which experiences of tens
+of steps need (Split Digits at 1-10 epochs: 9-90 steps) and long ones do not (Split Fashion-MNIST's
+quick grid, 1,125 steps: one seed 2 points lower; docs/benchmarks.md)."""
 
-    Keeping the largest weights of an initialisation keeps the tail of its distribution (at 75%
-    sparsity a uniform initialisation's kept quarter has 2.3 times its variance). ``weight_variance``
-    scales them back to the variance of the unit's dense weights, as a random mask would keep them;
+
+@torch.no_grad()
+def kept_scale_factors(param: Tensor, mask: Tensor, rule: str) -> Tensor:
+    """Per output unit (a row of ``param``), the factor that rescales its kept weights after a
+    magnitude mask is made from the initialisation.
+
+    Keeping the largest weights keeps the tail of the initialisation (at 75% sparsity a uniform
+    initialisation's kept quarter has 2.3 times its variance). ``weight_variance`` brings them back
+    to the mean square of the unit's dense weights, as a random mask would keep them;
     ``unit_variance`` makes their squared sum the dense unit's, so the unit's pre-activation keeps
     its dense variance (Evci et al. 2022). Before normalisation layers the scale sets how fast the
     weights turn, not the activations.
@@ -432,8 +462,13 @@ def scale_kept_weights(param: Tensor, mask: Tensor, rule: str) -> None:
     row_mask = mask.reshape(mask.shape[0], -1)
     whole, kept_sum = rows.pow(2).sum(1), (rows * row_mask).pow(2).sum(1)
     target = whole if rule == "unit_variance" else whole * row_mask.sum(1) / rows.shape[1]
-    factor = torch.where(kept_sum > 0, (target / kept_sum.clamp_min(1e-30)).sqrt(), torch.ones_like(whole))
-    param.mul_(factor.view(-1, *([1] * (param.dim() - 1))))
+    return torch.where(kept_sum > 0, (target / kept_sum.clamp_min(1e-30)).sqrt(), torch.ones_like(whole))
+
+
+@torch.no_grad()
+def scale_rows(param: Tensor, factors: Tensor) -> None:
+    """Multiply each row (output unit) of ``param`` by its factor, in place."""
+    param.mul_(factors.view(-1, *([1] * (param.dim() - 1))))
 
 
 __all__ = ["ZERO_PRESERVING_OPTIMIZERS", "DynamicSparsity", "MaskUpdateRecord", "TDMSettings"]
