@@ -34,7 +34,7 @@ METHODS = {  # row label -> shipped config name
 EPOCHS = (1, 2, 3, 5, 10)
 STARTS = {  # row label -> the sparcl options of SparCL-DER++ 0.75 (--starts): how its masked layers start
     "kept weights as drawn (`kept_scale: none`, the earlier default)": {"kept_scale": "none"},
-    "per-weight variance (`kept_scale: weight_variance`, the default)": {},
+    "per-weight variance (the default, `kept_scale: auto`, below 256 steps)": {},
     "per-unit variance (`kept_scale: unit_variance`)": {"kept_scale": "unit_variance"},
     "ERK densities, kept weights as drawn": {"kept_scale": "none", "layer_densities": "erk"},
     "sparsity ramp over 27 steps (`ramp_steps: 27`)": {"kept_scale": "none", "ramp_steps": 27},
