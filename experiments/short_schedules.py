@@ -64,14 +64,18 @@ def schedule_config(
     lr: float | None = None,
     start: int | None = None,
     train_per_class: int | None = None,
+    sparcl_options: dict[str, str] | None = None,
 ) -> Path:
     """A config extending the shipped one with ``epochs`` epochs per experience (and ``lr``, the
-    options of row ``start`` of ``STARTS``, the first ``train_per_class`` training images per class)."""
+    options of row ``start`` of ``STARTS``, the first ``train_per_class`` training images per class,
+    ``sparcl_options`` on SparCL configs)."""
     name = run_name(config_name, epochs, lr, start)
     path = folder / f"{name}.yaml"
     shipped = CONFIGS / benchmark / f"{config_name}.yaml"
     lr_line = "" if lr is None else f"  lr: {lr}\n"
-    options = {} if start is None else list(STARTS.values())[start]
+    options = {} if start is None else dict(list(STARTS.values())[start])
+    if config_name != METHODS["dense DER++"]:
+        options = {**(sparcl_options or {}), **options}
     sparcl = "".join(f"  {key}: {value}\n" for key, value in options.items())
     path.write_text(
         f"extends: {shipped}\nname: {name}\ntraining:\n  epochs: {epochs}\n{lr_line}"
@@ -100,14 +104,14 @@ def run_one(config: Path, seed: int, out: Path) -> None:
     subprocess.run(command, check=True, env=environment, stdout=subprocess.DEVNULL)
 
 
-def table(out: Path, lr: float | None = None) -> str:
+def table(out: Path, lr: float | None = None, epochs_list: tuple[int, ...] = EPOCHS) -> str:
     """Markdown rows: epochs x method, Class-IL and FLOPs reduction against dense at those epochs."""
     summaries = {summary.name: summary for summary in load_runs(out)}
     lines = [
         "| epochs per experience | method | Class-IL (%) | vs dense (points) | FLOPs reduction | seeds |",
         "|---|---|---|---|---|---|",
     ]
-    for epochs in EPOCHS:
+    for epochs in epochs_list:
         dense = summaries.get(run_name(METHODS["dense DER++"], epochs, lr))
         for label, config_name in METHODS.items():
             summary = summaries.get(run_name(config_name, epochs, lr))
@@ -206,18 +210,29 @@ def main() -> None:
         default=None,
         help="split_fmnist_quick only: train on the first N images of each class (shorter experiences)",
     )
+    parser.add_argument(
+        "--sparcl",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="sparcl options set on every SparCL config (e.g. masked_head=false); own runs and section",
+    )
     args = parser.parse_args()
+    extra = dict(item.split("=", 1) for item in args.sparcl)
     if args.train_per_class is not None and args.benchmark != "split_fmnist_quick":
         parser.error("--train-per-class applies to split_fmnist_quick only")
     subset = "" if args.train_per_class is None else f"_pc{args.train_per_class}"
+    subset += "".join(f"_{key}-{value}" for key, value in extra.items())
     title = args.benchmark + (
         "" if args.train_per_class is None else f", {args.train_per_class} training images per class"
     )
+    title += "".join(f", {key}: {value}" for key, value in extra.items())
     cut = (
         ""
         if args.train_per_class is None
         else f", the first {args.train_per_class} training images per class"
     )
+    cut += "".join(f", `{key}: {value}` on the SparCL configs" for key, value in extra.items())
     out = args.out or REPO / "runs" / "short_schedules" / (args.benchmark + subset)
     config_folder = out / "configs"
     config_folder.mkdir(parents=True, exist_ok=True)
@@ -225,7 +240,7 @@ def main() -> None:
     jobs = [
         (
             schedule_config(
-                args.benchmark, config_name, epochs, config_folder, lr, None, args.train_per_class
+                args.benchmark, config_name, epochs, config_folder, lr, None, args.train_per_class, extra
             ),
             seed,
         )
@@ -238,7 +253,14 @@ def main() -> None:
         jobs += [
             (
                 schedule_config(
-                    args.benchmark, config_name, epochs, config_folder, None, start, args.train_per_class
+                    args.benchmark,
+                    config_name,
+                    epochs,
+                    config_folder,
+                    None,
+                    start,
+                    args.train_per_class,
+                    extra,
                 ),
                 seed,
             )
@@ -250,11 +272,11 @@ def main() -> None:
     jobs = list(dict.fromkeys(jobs))  # the default row of STARTS and dense are runs of the main table
     with ThreadPoolExecutor(args.jobs) as pool:
         list(pool.map(lambda job: run_one(job[0], job[1], out / "runs"), jobs))
-    rows = table(out / "runs")
+    rows = table(out / "runs", None, tuple(args.epochs))
     if args.lr is not None:
         rows += (
             f"\n\nThe same runs at learning rate {args.lr:g} (`--lr {args.lr:g}`), every other setting as "
-            f"above:\n\n{table(out / 'runs', args.lr)}"
+            f"above:\n\n{table(out / 'runs', args.lr, tuple(args.epochs))}"
         )
     content = "\n".join(
         [
