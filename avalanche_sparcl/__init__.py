@@ -17,7 +17,7 @@ warnings.filterwarnings("ignore", message="no QP solver found", category=UserWar
 # Avalanche's save_checkpoint pickles the strategy with dill, which needs torch.optim's submodules
 make_torch_optimizers_picklable()
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 
 __all__ = [
     "DDRPlugin",
