@@ -15,6 +15,7 @@ from avalanche_sparcl.pickling import make_torch_optimizers_picklable
 # qpsolvers, imported by Avalanche for GEM only, warns on import that it found no solver.
 warnings.filterwarnings("ignore", message="no QP solver found", category=UserWarning)
 # Avalanche's save_checkpoint pickles the strategy with dill, which needs torch.optim's submodules
+# (a no-op when torch is not imported yet; the plugins apply it again when they are imported)
 make_torch_optimizers_picklable()
 
 __version__ = "0.4.0"

@@ -1,15 +1,15 @@
-"""What pickling a strategy needs from torch, applied when the package is imported.
+"""What pickling a strategy needs from torch.
 
 Avalanche's own ``save_checkpoint`` pickles the whole strategy with dill; with the installed torch it
-fails for every strategy until the fix below is applied, so ``import avalanche_sparcl`` applies it:
-Avalanche users keep their own checkpoint calls.
+fails for every strategy until the fix below is applied. It is applied when ``avalanche_sparcl`` is
+imported after torch, when its plugins are imported (a SparCL strategy has them) and by its own
+checkpoint functions, so Avalanche users keep their own checkpoint calls. This module does not
+import torch itself: ``import avalanche_sparcl`` stays cheap for the command line.
 """
 
 from __future__ import annotations
 
 import sys
-
-import torch  # noqa: F401  (loads torch.optim, whose submodules are re-attached)
 
 
 def make_torch_optimizers_picklable() -> None:

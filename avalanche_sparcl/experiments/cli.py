@@ -181,6 +181,10 @@ def check_runnable(configs: Sequence[ExperimentConfig], device: str, smoke: bool
 
 
 def run_command(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from avalanche_sparcl.experiments.config_files import load_raw
+
+    for path in args.configs:  # every file read and its YAML checked before torch and Avalanche load
+        load_raw(Path(path))
     from avalanche_sparcl.distributed import is_distributed, rank
     from avalanche_sparcl.experiments.config import load_config, parse_override
     from avalanche_sparcl.experiments.grid import GridProgress, grid_runs, trains
@@ -272,16 +276,33 @@ def export_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def user_error_message(error: Exception) -> str | None:
-    """The one line a user error is reported with (exit code 2), or None for any other exception."""
-    from avalanche_sparcl.benchmarks import DatasetFormatError, DatasetNotFoundError
-    from avalanche_sparcl.checkpointing import CheckpointError
-    from avalanche_sparcl.experiments.config import ConfigError
-    from avalanche_sparcl.experiments.run_folder import RunFolderError
+USER_ERROR_CLASSES = {
+    "avalanche_sparcl.experiments.config_files": ("ConfigError",),
+    "avalanche_sparcl.benchmarks": ("DatasetNotFoundError", "DatasetFormatError"),
+    "avalanche_sparcl.experiments.run_folder": ("RunFolderError",),
+}
+"""Exceptions printed as they are (exit code 2), by the module that defines them."""
 
-    if isinstance(error, (ConfigError, DatasetNotFoundError, DatasetFormatError, RunFolderError)):
+
+def loaded_classes(names: dict[str, tuple[str, ...]]) -> tuple[type, ...]:
+    """The classes named, from those of their modules that are loaded."""
+    found = []
+    for module_name, class_names in names.items():
+        module = sys.modules.get(module_name)
+        if module is not None:
+            found += [getattr(module, name) for name in class_names]
+    return tuple(found)
+
+
+def user_error_message(error: Exception) -> str | None:
+    """The one line a user error is reported with (exit code 2), or None for any other exception.
+
+    The error classes are looked up among the modules already loaded (an error of a class exists only
+    once its module is), so a config refused before torch is imported exits without importing it.
+    """
+    if isinstance(error, loaded_classes(USER_ERROR_CLASSES)):
         return str(error)
-    if isinstance(error, CheckpointError):
+    if isinstance(error, loaded_classes({"avalanche_sparcl.checkpointing": ("CheckpointError",)})):
         return f"{error}; start the run over with --restart"
     if isinstance(error, OSError):
         return describe_os_error(error)
