@@ -114,24 +114,7 @@ def table(out: Path, lr: float | None = None, epochs_list: tuple[int, ...] = EPO
     for epochs in epochs_list:
         dense = summaries.get(run_name(METHODS["dense DER++"], epochs, lr))
         for label, config_name in METHODS.items():
-            summary = summaries.get(run_name(config_name, epochs, lr))
-            if summary is None:
-                lines.append(f"| {epochs} | {label} | not run | | | 0 |")
-                continue
-            accuracies = [100 * run["class_il_accuracy"] for run in summary.runs]
-            spread = statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0
-            mean = statistics.fmean(accuracies)
-            versus, reduction = "", ""
-            if dense is not None:
-                dense_mean = statistics.fmean(100 * run["class_il_accuracy"] for run in dense.runs)
-                versus = f"{mean - dense_mean:+.1f}"
-                dense_flops = statistics.fmean(run["train_flops"] for run in dense.runs)
-                flops = statistics.fmean(run["train_flops"] for run in summary.runs)
-                reduction = f"{dense_flops / flops:.1f}x"
-            lines.append(
-                f"| {epochs} | {label} | {mean:.1f} +- {spread:.1f} | {versus} | {reduction} | "
-                f"{len(accuracies)} |"
-            )
+            lines.append(table_row(epochs, label, summaries.get(run_name(config_name, epochs, lr)), dense))
     return "\n".join(lines)
 
 
@@ -150,6 +133,26 @@ def mean_class_il(summary: Any) -> float:
     return statistics.fmean(100 * run["class_il_accuracy"] for run in summary.runs)
 
 
+def mean_flops(summary: Any) -> float:
+    return statistics.fmean(run["train_flops"] for run in summary.runs)
+
+
+def table_row(epochs: int, label: str, summary: Any, dense: Any) -> str:
+    """One row: Class-IL mean +- std over seeds, and against ``dense`` (points, FLOPs reduction)."""
+    if summary is None:
+        return f"| {epochs} | {label} | not run | | | 0 |"
+    accuracies = [100 * run["class_il_accuracy"] for run in summary.runs]
+    spread = statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0
+    versus, reduction = "", ""
+    if dense is not None:
+        versus = f"{mean_class_il(summary) - mean_class_il(dense):+.1f}"
+        reduction = f"{mean_flops(dense) / mean_flops(summary):.1f}x"
+    return (
+        f"| {epochs} | {label} | {statistics.fmean(accuracies):.1f} +- {spread:.1f} | {versus} | {reduction} "
+        f"| {len(accuracies)} |"
+    )
+
+
 def starts_table(out: Path, epochs_list: list[int], lr: float | None = None) -> str:
     """Markdown rows: SparCL-DER++ 0.75 with each way of starting its masked layers, against dense."""
     summaries = {summary.name: summary for summary in load_runs(out)}
@@ -162,21 +165,7 @@ def starts_table(out: Path, epochs_list: list[int], lr: float | None = None) -> 
         dense = summaries.get(run_name(METHODS["dense DER++"], epochs, lr))
         for index, label in enumerate(STARTS):
             summary = summaries.get(run_name(START_CONFIG, epochs, lr, index))
-            if summary is None:
-                lines.append(f"| {epochs} | {label} | not run | | | 0 |")
-                continue
-            accuracies = [100 * run["class_il_accuracy"] for run in summary.runs]
-            spread = statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0
-            versus, reduction = "", ""
-            if dense is not None:
-                versus = f"{mean_class_il(summary) - mean_class_il(dense):+.1f}"
-                dense_flops = statistics.fmean(run["train_flops"] for run in dense.runs)
-                flops = statistics.fmean(run["train_flops"] for run in summary.runs)
-                reduction = f"{dense_flops / flops:.1f}x"
-            lines.append(
-                f"| {epochs} | {label} | {statistics.fmean(accuracies):.1f} +- {spread:.1f} | {versus} "
-                f"| {reduction} | {len(accuracies)} |"
-            )
+            lines.append(table_row(epochs, label, summary, dense))
     return "\n".join(lines)
 
 
