@@ -117,6 +117,17 @@ def two_owner_strategy(plugins: list):
     return strategy, model
 
 
+def refusal_before_the_first_step(plugins: list) -> str:
+    """The ValueError's message from training with ``plugins``; the model's weights are unchanged."""
+    benchmark = make_tensor_benchmark(8, 4, 2, (8,))
+    strategy, model = two_owner_strategy(plugins)
+    before = [param.detach().clone() for param in model.parameters()]
+    with pytest.raises(ValueError) as raised:
+        strategy.train(benchmark.train_stream[0])
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+    return str(raised.value)
+
+
 @pytest.mark.parametrize(
     ("make_plugins", "named"),
     [
@@ -136,17 +147,11 @@ def two_owner_strategy(plugins: list):
     ids=["two-tdm", "sparcl-then-tdm", "tdm-then-sparcl"],
 )
 def test_two_owners_of_weight_masks_are_refused_before_the_first_step(make_plugins, named):
-    benchmark = make_tensor_benchmark(8, 4, 2, (8,))
-    strategy, model = two_owner_strategy(make_plugins())
-    before = [param.detach().clone() for param in model.parameters()]
-    with pytest.raises(ValueError) as raised:
-        strategy.train(benchmark.train_stream[0])
-    assert str(raised.value) == (
+    assert refusal_before_the_first_step(make_plugins()) == (
         f"{named} both own weight masks in one strategy: their masks would intersect (the network ends "
         "sparser than any of them asks); use one of them (SparCLPlugin holds its own TDM: give it the "
         "sparsity and profile instead of adding a TDMPlugin)"
     )
-    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
 
 
 @pytest.mark.parametrize(
@@ -165,17 +170,11 @@ def test_two_owners_of_weight_masks_are_refused_before_the_first_step(make_plugi
     ids=["two-dgm", "tdm-then-two-dgm", "sparcl-then-dgm"],
 )
 def test_two_owners_of_gradient_masks_are_refused_before_the_first_step(make_plugins, named):
-    benchmark = make_tensor_benchmark(8, 4, 2, (8,))
-    strategy, model = two_owner_strategy(make_plugins())
-    before = [param.detach().clone() for param in model.parameters()]
-    with pytest.raises(ValueError) as raised:
-        strategy.train(benchmark.train_stream[0])
-    assert str(raised.value) == (
+    assert refusal_before_the_first_step(make_plugins()) == (
         f"{named} both own gradient masks in one strategy: their masks would intersect, or the last one "
         "handed to TDM would replace the others; use one of them (SparCLPlugin holds its own DGM: give it "
         "the gradient_sparsity instead of adding a DGMPlugin)"
     )
-    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
 
 
 def test_one_owner_with_a_dense_sparcl_plugin_still_trains():
