@@ -294,21 +294,7 @@ class DynamicSparsity:
         kept = self.kept()
         prune = {name: kept[name] - self.ramp_kept(name, step) for name in self.params}
         if any(prune.values()):
-            record = MaskUpdateRecord(self.experience, position, "ramp")
-            for name, param in self.params.items():
-                positions = positions_of(self.masks[name])
-                pruned = lowest_positions(positions, param.detach().flatten()[positions].abs(), prune[name])
-                mask = self.masks[name].clone(memory_format=torch.contiguous_format)
-                mask.view(-1)[pruned] = False
-                self.masks[name] = mask
-                with torch.no_grad():
-                    zero_at(param.data, pruned)
-                if optimizer is not None:
-                    clear_optimizer_state(optimizer, param, pruned)
-                record.pruned[name], record.grown[name] = pruned.numel(), 0
-                record.kept[name] = kept[name] - pruned.numel()
-            check_agreement(f"TDM's masks at step {step} of the sparsity ramp", self.masks)
-            self.history.append(record)
+            self._change("ramp", position, prune, dict.fromkeys(prune, 0), optimizer, by_magnitude=True)
         self.ramp_step = step + 1
         if self.ramp_step > self.settings.ramp_steps:
             self.ramp_step = -1
@@ -399,8 +385,10 @@ class DynamicSparsity:
         prune: Mapping[str, int],
         grow: Mapping[str, int],
         optimizer: torch.optim.Optimizer | None,
+        by_magnitude: bool = False,
     ) -> None:
-        """Prune by CWI, regrow at random (at zero), clear the optimizer state of both.
+        """Prune by CWI (``by_magnitude``: the smallest weights, as the sparsity ramp does), regrow at
+        random (at zero), clear the optimizer state of both.
 
         Works on flat indices: the kept entries are ranked alone, and the changed weights and their
         optimizer state are zeroed by index, without a pass over every entry of the layer for each.
@@ -410,7 +398,10 @@ class DynamicSparsity:
         for name, param in self.params.items():
             mask = self.masks[name]
             kept = positions_of(mask)
-            scores = self.importance.scores_at(name, kept)
+            if by_magnitude:
+                scores = param.detach().flatten()[kept].abs()
+            else:
+                scores = self.importance.scores_at(name, kept)
             pruned = lowest_positions(kept, scores, prune[name])
             new_mask = mask.clone(memory_format=torch.contiguous_format)
             new_mask.view(-1)[pruned] = False
