@@ -202,7 +202,7 @@ def run_command(args: argparse.Namespace, argv: Sequence[str]) -> int:
     if args.nproc > 1 and LAUNCHED_RANK not in os.environ:
         from avalanche_sparcl.experiments.launch import launch_processes
 
-        return launch_processes(args.nproc, argv, configs, args.seeds, options)
+        return launch_processes(args.nproc, argv, runs, options)
     if LAUNCHED_RANK in os.environ and not is_distributed():
         from avalanche_sparcl.experiments.launch import join_process_group
 

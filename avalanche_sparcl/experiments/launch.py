@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 if TYPE_CHECKING:
-    from avalanche_sparcl.experiments.config import ExperimentConfig
+    from avalanche_sparcl.experiments.grid import GridRun
     from avalanche_sparcl.experiments.options import RunOptions
 
 MODULE = "avalanche_sparcl.experiments.launch"
@@ -132,8 +132,7 @@ def torch_launcher_arguments(nproc: int, argv: Sequence[str]) -> list[str]:
 def launch_processes(
     nproc: int,
     argv: Sequence[str],
-    configs: Sequence[ExperimentConfig],
-    seeds: Sequence[int],
+    runs: Sequence[GridRun],
     options: RunOptions,
 ) -> int:
     """Run the command in ``nproc`` processes and wait for all of them; the exit code.
@@ -142,15 +141,12 @@ def launch_processes(
     exits 2 before anything starts), and held until the ranks are done.
     """
     from avalanche_sparcl.experiments.fingerprint import run_identity
-    from avalanche_sparcl.experiments.run_folder import RUN_FOLDERS_HELD_BY, claim_run_folder, run_directory
+    from avalanche_sparcl.experiments.run_folder import RUN_FOLDERS_HELD_BY, claim_run_folder
 
     collective_timeout()  # a bad value is a user error before launching
     with contextlib.ExitStack() as held, tempfile.TemporaryDirectory(prefix="sparcl-bench-") as messages:
-        for config in configs:
-            identity = run_identity(config, options.smoke, nproc)
-            for seed in seeds:
-                run_dir = run_directory(config, seed, options.out_dir, options.smoke)
-                claim_run_folder(run_dir, identity, options, held)
+        for run in runs:
+            claim_run_folder(run.folder, run_identity(run.config, options.smoke, nproc), options, held)
         environment = {
             **os.environ,
             PARENT_PID: str(os.getpid()),
