@@ -388,7 +388,7 @@ def split_fmnist(
     )
 
 
-CLASSIC_BENCHMARKS = {"split_cifar10": 10, "split_cifar100": 100, "split_tinyimagenet": 200}
+CLASSIC_BENCHMARKS = {"split_cifar10": 10, "split_cifar100": 100, "split_tinyimagenet": TINYIMAGENET_CLASSES}
 """Benchmark -> number of classes, taken in their natural order."""
 
 
