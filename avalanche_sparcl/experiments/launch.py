@@ -313,7 +313,11 @@ def rank_main(argv: list[str]) -> int:
             f"of them stopped or hangs ({str(error).strip()}); the last checkpoint is kept",
             file=sys.stderr,
         )
-        return TRAINING_FAILED
+        # Python's normal exit tears down the process group, whose broken gloo pairs can end the rank in
+        # std::terminate (SIGABRT, "terminate called without an active exception") instead of this code
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(TRAINING_FAILED)
 
 
 if __name__ == "__main__":
