@@ -19,7 +19,7 @@ than ``MIN_WINDOW_EPOCHS + 1`` epochs therefore removes nothing.
 
 Removal also needs steps: a stage trades the removed examples' steps for the network's training, and
 in an experience of few optimizer steps the network is still learning the "easy" examples when they
-go. An experience of fewer than ``min_experience_steps`` optimizer steps (default 64; epochs times
+go. An experience of fewer than ``min_experience_steps`` optimizer steps (default 256; epochs times
 minibatches per epoch when it starts) and fewer than ``FULL_SCHEDULE_EPOCHS`` (10) epochs removes
 nothing (the measured effect is in docs/results.md, "Short schedules"); the paper setting (50
 epochs, thousands of steps) is never affected.

@@ -53,13 +53,14 @@ PARTS = ("wall_clock", "memory")
 MIB = 2**20
 
 # The memory measurement's SparCL: the paper's settings with the short-schedule rules off, so a 30-step
-# experience still sees TDM mask updates and a DDR removal stage.
+# experience still sees TDM mask updates, a DDR removal stage and DGM's gradient masks.
 MEMORY_PLUGIN_OPTIONS = {
     "sparsity": 0.75,
     "removal_ratio": 0.3,
     "gradient_sparsity": 0.2,
     "min_update_steps": 0,
     "min_experience_steps": 0,
+    "min_gradient_masking_steps": 0,
 }
 MEMORY_ENVIRONMENT = {"MALLOC_MMAP_THRESHOLD_": str(128 * 1024)}
 """glibc's allocator with a fixed mmap threshold: every block of 128 KiB or more (every tensor worth

@@ -33,13 +33,15 @@ METHODS = {  # row label -> shipped config name
 }
 EPOCHS = (1, 2, 3, 5, 10)
 STARTS = {  # row label -> the sparcl options of SparCL-DER++ 0.75 (--starts): how its masked layers start
-    "kept weights as drawn (`kept_scale: none`, the earlier default)": {"kept_scale": "none"},
+    "kept weights as drawn (`kept_scale: none`, the default up to 0.3.0)": {"kept_scale": "none"},
     "per-weight variance (the default, `kept_scale: auto`, below 256 steps)": {},
     "per-unit variance (`kept_scale: unit_variance`)": {"kept_scale": "unit_variance"},
     "ERK densities, kept weights as drawn": {"kept_scale": "none", "layer_densities": "erk"},
     "sparsity ramp over 27 steps (`ramp_steps: 27`)": {"kept_scale": "none", "ramp_steps": 27},
     "per-weight variance + ERK densities": {"layer_densities": "erk"},
-    "per-weight variance, DGM off (`gradient_sparsity: 0`)": {"gradient_sparsity": 0},
+    "per-weight variance, DGM on at any length (`min_gradient_masking_steps: 0`)": {
+        "min_gradient_masking_steps": 0
+    },
 }
 START_CONFIG = "sparcl_der_0.75_buf200"
 START_EPOCHS = (2, 3)

@@ -11,11 +11,14 @@ from avalanche.training.plugins import EvaluationPlugin
 from avalanche_sparcl.benchmarks import split_digits, tensor_benchmark
 from avalanche_sparcl.checkpointing import KEY_ENVIRONMENT
 
-# Tests of TDM/DDR mechanics on tiny schedules (a few dozen steps per experience) switch off the
-# short-schedule rules, which would otherwise keep a fixed mask and remove no data there.
+# Tests of the parts' mechanics on tiny schedules (a few dozen steps per experience) switch off the
+# short-schedule rules, which would otherwise keep a fixed mask, remove no data, mask no gradient and
+# leave the head unmasked there.
 TDM_RULES_OFF = {"min_update_steps": 0}
 DDR_RULES_OFF = {"min_experience_steps": 0}
-RULES_OFF = {**TDM_RULES_OFF, **DDR_RULES_OFF}  # both, for SparCLPlugin
+DGM_RULES_OFF = {"min_gradient_masking_steps": 0}
+HEAD_RULES_OFF = {"min_masked_head_steps": 0}
+RULES_OFF = {**TDM_RULES_OFF, **DDR_RULES_OFF, **DGM_RULES_OFF, **HEAD_RULES_OFF}  # all, for SparCLPlugin
 
 
 def quiet_evaluator(*metrics):

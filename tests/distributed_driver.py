@@ -114,6 +114,7 @@ def main(argv: list[str] | None = None) -> None:
         min_update_steps=0,
         update_every=0.25,
         min_experience_steps=0,
+        min_gradient_masking_steps=0,
         refresh_every=3,
     )
     recorder = AgreementRecorder(sparcl)

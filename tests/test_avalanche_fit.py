@@ -221,7 +221,7 @@ class LateOptimizerNaive(Naive):
 def test_an_optimizer_created_after_the_plugins_hook_is_the_one_hooked(digits):
     torch.manual_seed(0)
     model = SimpleMLP(num_classes=10, input_size=64, hidden_size=32)
-    sparcl = SparCLPlugin(0.75, 0.0, 0.2)
+    sparcl = SparCLPlugin(0.75, 0.0, 0.2, min_gradient_masking_steps=0)  # experiences of 5-6 steps
     audit = PrunedWeightsAudit(sparcl)
     strategy = LateOptimizerNaive(
         model=model,

@@ -82,7 +82,8 @@ def train_guarded(device: str, set_mode: Callable[[str], None]) -> tuple[Ordinar
     model = ResNet18(num_classes=10, nf=8)
     sparcl = SparCLPlugin(
         0.75, removal_ratio=0.3, gradient_sparsity=0.2, masked_head=True, refresh_every=8,
-        min_update_steps=0, min_experience_steps=0, update_every=0.5,
+        min_update_steps=0, min_experience_steps=0, min_gradient_masking_steps=0, min_masked_head_steps=0,
+        update_every=0.5,
     )  # fmt: skip
     guard = OrdinaryStepGuard(sparcl, set_mode)
     strategy = DER(

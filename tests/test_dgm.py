@@ -5,6 +5,7 @@ import torch
 from avalanche.core import SupervisedPlugin
 from avalanche.training import Naive
 from avalanche.training.plugins import EvaluationPlugin
+from conftest import DGM_RULES_OFF
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -90,7 +91,7 @@ class GradientAudit(SupervisedPlugin):
 def test_standalone_dgm_masks_the_default_layers_of_a_dense_model(digits_benchmark):
     torch.manual_seed(0)
     model = SmallCNN()
-    dgm = DGMPlugin(gradient_sparsity=0.3, refresh_every=4)
+    dgm = DGMPlugin(gradient_sparsity=0.3, refresh_every=4, **DGM_RULES_OFF)
     audit = GradientAudit(lambda: {}, lambda: dgm.gradient_masks, 0.3)
     strategy = Naive(
         model=model,
@@ -108,7 +109,7 @@ def test_standalone_dgm_masks_the_default_layers_of_a_dense_model(digits_benchma
 def test_dgm_after_tdm_selects_among_the_kept_weights(digits_benchmark):
     torch.manual_seed(0)
     model = SmallCNN()
-    tdm, dgm = TDMPlugin(sparsity=0.9), DGMPlugin(gradient_sparsity=0.2, refresh_every=30)
+    tdm, dgm = TDMPlugin(sparsity=0.9), DGMPlugin(gradient_sparsity=0.2, refresh_every=30, **DGM_RULES_OFF)
     audit = GradientAudit(lambda: tdm.masks, lambda: dgm.gradient_masks, 0.2)
     strategy = Naive(
         model=model,
@@ -154,7 +155,7 @@ def test_tdm_listed_after_dgm_is_rejected_before_training(digits_benchmark):
         (
             {"refresh": 3},
             "DGMPlugin got unknown option(s) 'refresh' (did you mean 'refresh_every'?); "
-            "accepted options: gradient_sparsity, refresh_every",
+            "accepted options: gradient_sparsity, min_gradient_masking_steps, refresh_every",
         ),
     ],
 )

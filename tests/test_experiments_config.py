@@ -144,9 +144,9 @@ def test_extends_merges_sections_and_resolves_profiles_against_the_declaring_fil
             DIGITS_DER + "sparcl: {sparsty: 0.5}\n",
             "unknown key 'sparcl.sparsty' (did you mean 'sparsity'?); accepted keys in 'sparcl': cutoff, "
             "expand_ratio, freeze_at, gradient_sparsity, importance_lambda, importance_window, "
-            "kept_scale, layer_densities, masked_head, min_experience_steps, min_update_steps, "
-            "mutate_ratio, profile, ramp_steps, refresh_every, regrow, removal_ratio, sparsity, stages, "
-            "update_every",
+            "kept_scale, layer_densities, masked_head, min_experience_steps, min_gradient_masking_steps, "
+            "min_masked_head_steps, min_update_steps, mutate_ratio, profile, ramp_steps, refresh_every, "
+            "regrow, removal_ratio, sparsity, stages, update_every",
         ),
         (
             DIGITS_DER + "trainig: {}\n",

@@ -9,7 +9,7 @@ import torch
 from avalanche.evaluation.metrics import accuracy_metrics
 from avalanche.training import DER, ER_ACE, Naive
 from avalanche.training.plugins import EvaluationPlugin, ReplayPlugin
-from conftest import RULES_OFF, TDM_RULES_OFF
+from conftest import HEAD_RULES_OFF, RULES_OFF, TDM_RULES_OFF
 
 from avalanche_sparcl import MaskedHeadPlugin, ReservoirReplayPlugin, SparCLPlugin
 from avalanche_sparcl.models import SmallCNN
@@ -192,7 +192,7 @@ def test_two_buffers_are_refused(digits_benchmark):
 
 def newest_experience_accuracy(reservoir: bool, digits_benchmark) -> float:
     plugins = [ReservoirReplayPlugin(200, seed=0)] if reservoir else []
-    strategy = build("der", [*plugins, MaskedHeadPlugin()], epochs=3)
+    strategy = build("der", [*plugins, MaskedHeadPlugin(**HEAD_RULES_OFF)], epochs=3)
     for experience in digits_benchmark.train_stream[:3]:
         strategy.train(experience)
     metrics = strategy.eval(digits_benchmark.test_stream[2:3])
@@ -222,12 +222,13 @@ def test_after_data_removal_only_kept_examples_enter_the_buffer(kind, digits_ben
 
 
 def test_masked_head_without_an_online_buffer_warns_once_per_training_call(digits_benchmark):
-    sparcl = SparCLPlugin(0.75, 0.0, 0.0, masked_head=True, **TDM_RULES_OFF)  # no fixed-mask warning
+    # the rules off: no other warning
+    sparcl = SparCLPlugin(0.75, 0.0, 0.0, masked_head=True, **TDM_RULES_OFF, **HEAD_RULES_OFF)
     strategy = build("der", [sparcl])
     with pytest.warns(UserWarning, match="masked head without ReservoirReplayPlugin") as caught:
         strategy.train(digits_benchmark.train_stream[0])
     assert len([w for w in caught if "masked head" in str(w.message)]) == 1
-    sparcl = SparCLPlugin(0.75, 0.0, 0.0, masked_head=True, **TDM_RULES_OFF)
+    sparcl = SparCLPlugin(0.75, 0.0, 0.0, masked_head=True, **TDM_RULES_OFF, **HEAD_RULES_OFF)
     strategy = build("der", [ReservoirReplayPlugin(200), sparcl])
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)

@@ -4,6 +4,7 @@ where an experience is too short for them, one warning each, and the one-pass pl
 from __future__ import annotations
 
 import warnings
+from functools import partial
 
 import pytest
 import torch
@@ -123,7 +124,7 @@ def test_three_digits_epochs_update_at_epochs_1_2_and_2_4(digits_benchmark):
 
 DDR_SHORT_WARNING = (
     "DDRPlugin: an experience of 45 optimizer steps (5 epochs of 9 minibatches) is shorter than "
-    "min_experience_steps=64: the network still needs every example, so no data is removed from such "
+    "min_experience_steps=256: the network still needs every example, so no data is removed from such "
     "experiences; min_experience_steps=0 forces removal; removal_ratio=0 turns DDR off; this warning "
     "is given once"
 )
@@ -157,14 +158,15 @@ def test_ddr_ten_epochs_of_one_minibatch_still_remove():
 
     removal = DynamicDataRemoval(DDRSettings())
     assert [stage.epoch for stage in removal.start_experience(0, 40, 10, iterations_per_epoch=1)] == [2, 4]
-    assert removal.start_experience(1, 40, 9, iterations_per_epoch=1) == []
-    assert [stage.epoch for stage in removal.start_experience(2, 40, 9, iterations_per_epoch=8)] == [3]
+    assert removal.start_experience(1, 40, 9, iterations_per_epoch=28) == []  # 252 steps
+    assert [stage.epoch for stage in removal.start_experience(2, 40, 9, iterations_per_epoch=29)] == [3]
 
 
 def test_one_epoch_default_plugin_trains_exactly_like_one_pass(digits_benchmark):
-    """At one epoch the rules reduce SparCLPlugin() to SparCLPlugin.one_pass(): same weights."""
+    """At one epoch TDM's and DDR's rules reduce SparCLPlugin() to SparCLPlugin.one_pass(), which keeps
+    DGM on at any length: same weights as the default plugin with DGM's rule off."""
     results = []
-    for plugin_factory in (SparCLPlugin, SparCLPlugin.one_pass):
+    for plugin_factory in (partial(SparCLPlugin, min_gradient_masking_steps=0), SparCLPlugin.one_pass):
         torch.manual_seed(0)
         model, plugin = SmallCNN(), plugin_factory()
         strategy = der(model, [plugin], epochs=1)

@@ -11,7 +11,7 @@ from avalanche.training.plugins import (
     LRSchedulerPlugin,
     ReplayPlugin,
 )
-from conftest import RULES_OFF
+from conftest import DGM_RULES_OFF, HEAD_RULES_OFF, RULES_OFF
 from test_dgm import GradientAudit
 from torch import nn
 
@@ -68,7 +68,8 @@ def build(strategy_name, model, plugins, epochs=10, **extra):
 def test_sparcl_der_and_er_run_end_to_end_with_all_three_parts(strategy_name, digits_benchmark):
     torch.manual_seed(0)
     model = SmallCNN()
-    sparcl = SparCLPlugin(sparsity=0.75, removal_ratio=0.3, gradient_sparsity=0.2)
+    # 10 epochs of 9 minibatches: DDR removes (10 epochs), DGM only with its rule off (90 steps)
+    sparcl = SparCLPlugin(sparsity=0.75, removal_ratio=0.3, gradient_sparsity=0.2, **DGM_RULES_OFF)
     audit = GradientAudit(lambda: sparcl.masks, lambda: sparcl.gradient_masks, 0.2)
     seen = CurrentSamplesPerEpoch()
     strategy = build(strategy_name, model, [sparcl, audit, seen])
@@ -147,7 +148,7 @@ def test_each_part_switches_off_and_the_order_is_fixed(options, parts):
 
 def test_dense_sparcl_with_dgm_masks_gradients_of_the_default_layers(digits_benchmark):
     torch.manual_seed(0)
-    sparcl = SparCLPlugin(sparsity=0, removal_ratio=0, gradient_sparsity=0.2)
+    sparcl = SparCLPlugin(sparsity=0, removal_ratio=0, gradient_sparsity=0.2, **DGM_RULES_OFF)
     audit = GradientAudit(lambda: {}, lambda: sparcl.gradient_masks, 0.2)
     model = SmallCNN()
     strategy = build("naive", model, [sparcl, audit], epochs=1)
@@ -174,8 +175,8 @@ def test_options_reach_the_part_that_owns_them():
             "SparCLPlugin got unknown option(s) 'mutate' (did you mean 'mutate_ratio'?); "
             "accepted options: cutoff, expand_ratio, freeze_at, gradient_sparsity, importance_lambda, "
             "importance_window, kept_scale, layer_densities, masked_head, min_experience_steps, "
-            "min_update_steps, mutate_ratio, profile, ramp_steps, refresh_every, regrow, removal_ratio, "
-            "seed, sparsity, stages, update_every",
+            "min_gradient_masking_steps, min_masked_head_steps, min_update_steps, mutate_ratio, profile, "
+            "ramp_steps, refresh_every, regrow, removal_ratio, seed, sparsity, stages, update_every",
         ),
     ],
 )
@@ -227,7 +228,7 @@ def test_masked_head_keeps_later_classes_out_of_current_data_loss(masked_head, d
     initial = SmallCNN()
     torch.manual_seed(0)
     model = SmallCNN()
-    sparcl = SparCLPlugin(masked_head=masked_head, removal_ratio=0)
+    sparcl = SparCLPlugin(masked_head=masked_head, removal_ratio=0, **HEAD_RULES_OFF)
     strategy = build("naive", model, [sparcl], epochs=2)
     for experience in digits_benchmark.train_stream[:2]:
         strategy.train(experience)

@@ -287,7 +287,12 @@ def check_training(path: Path, training: dict[str, Any]) -> None:
             )
 
 
-SMOKE_SHORT_SCHEDULE_RULES_OFF = {"min_update_steps": 0, "min_experience_steps": 0}
+SMOKE_SHORT_SCHEDULE_RULES_OFF = {
+    "min_update_steps": 0,
+    "min_experience_steps": 0,
+    "min_gradient_masking_steps": 0,
+    "min_masked_head_steps": 0,
+}
 """Smoke runs train a few steps per experience, far below the short-schedule rules' thresholds: they
 turn the rules off (unless the config sets them) so that every part of the method still runs."""
 

@@ -10,6 +10,7 @@ from avalanche.core import SupervisedPlugin
 from avalanche_sparcl.distributed import unwrap
 from avalanche_sparcl.plugins.composition import refuse_two_mask_owners, weight_mask_owner_before
 from avalanche_sparcl.plugins.probe import probe_forward
+from avalanche_sparcl.plugins.tdm import minibatches_per_epoch
 from avalanche_sparcl.settings import check_options, default, options_of
 from avalanche_sparcl.sparse.gradient_masks import GradientMasking
 from avalanche_sparcl.sparse.layers import default_sparse_weights, parameters_named, trainable_parameters
@@ -23,7 +24,8 @@ class DGMPlugin(SupervisedPlugin, supports_distributed=True):
     With a ``TDMPlugin`` listed before it (or inside ``SparCLPlugin``) its gradient masks are handed to
     TDM, whose engine applies them at the optimizer step on TDM's layers, counting
     ``gradient_sparsity`` over TDM's active weights and refreshing right after every mask change. On its
-    own it is the adapter for DGM without TDM: TDM's default layer set, every weight active.
+    own it is the adapter for DGM without TDM: TDM's default layer set, every weight active. An
+    experience of fewer than ``min_gradient_masking_steps`` optimizer steps is not masked (one warning).
     """
 
     owns_gradient_masks = True  # see plugins.composition
@@ -32,13 +34,22 @@ class DGMPlugin(SupervisedPlugin, supports_distributed=True):
         self,
         gradient_sparsity: float = default("gradient_sparsity"),
         refresh_every: int = default("refresh_every"),
+        min_gradient_masking_steps: int = default("min_gradient_masking_steps"),
         **options: Any,
     ):
         super().__init__()
         reject_unknown_options("DGMPlugin", options, options_of("dgm"))
-        checked = check_options({"gradient_sparsity": gradient_sparsity, "refresh_every": refresh_every})
+        checked = check_options(
+            {
+                "gradient_sparsity": gradient_sparsity,
+                "refresh_every": refresh_every,
+                "min_gradient_masking_steps": min_gradient_masking_steps,
+            }
+        )
         self.gradient_sparsity, self.refresh_every = checked["gradient_sparsity"], checked["refresh_every"]
-        self.gradient_masking = GradientMasking({}, self.gradient_sparsity, self.refresh_every)
+        self.gradient_masking = GradientMasking(
+            {}, self.gradient_sparsity, self.refresh_every, checked["min_gradient_masking_steps"]
+        )
         self.engine: SparseTraining | None = None  # own engine, when no TDM applies the masks
         self.handed_to_tdm = False
         self.starting = False  # an experience began and its first epoch has not started yet
@@ -87,7 +98,7 @@ class DGMPlugin(SupervisedPlugin, supports_distributed=True):
             names = trainable_parameters(model, self.gradient_masking.params)
         self.gradient_masking.follow(parameters_named(model, names))
         self.engine.follow(strategy.optimizer)
-        self.engine.start_experience(strategy.train_epochs)
+        self.engine.start_experience(strategy.train_epochs, minibatches_per_epoch(strategy))
         self.training = True
 
     def before_training_iteration(self, strategy: Any, **kwargs: Any) -> None:

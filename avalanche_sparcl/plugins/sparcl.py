@@ -18,6 +18,7 @@ from avalanche_sparcl.validation import reject_unknown_options
 TDM_OPTIONS = set(options_of("tdm")) - {"sparsity"}
 DDR_OPTIONS = set(options_of("ddr")) - {"removal_ratio"}
 DGM_OPTIONS = set(options_of("dgm")) - {"gradient_sparsity"}
+HEAD_OPTIONS = set(options_of("sparcl")) - {"masked_head"}
 
 
 class SparCLPlugin(SupervisedPlugin, supports_distributed=True):
@@ -26,8 +27,8 @@ class SparCLPlugin(SupervisedPlugin, supports_distributed=True):
     ``sparsity`` drives TDM (0 = dense network, unless a ``profile`` is given), ``removal_ratio``
     DDR (0 = keep all data), ``gradient_sparsity`` DGM (0 = apply all gradients of the kept
     weights); every other option goes to the part that owns it (see TDMPlugin, DDRPlugin,
-    DGMPlugin) and is checked even when that part is off. ``masked_head`` makes the current
-    experience's cross-entropy see only its classes.
+    DGMPlugin, MaskedHeadPlugin) and is checked even when that part is off. ``masked_head`` makes the
+    current experience's cross-entropy see only its classes.
 
     Inside every hook the parts run in one fixed order, DDR, masked head, TDM, so that within a step
     DDR scores the raw logits before the head is masked and TDM's importance reads the gradients
@@ -45,12 +46,15 @@ class SparCLPlugin(SupervisedPlugin, supports_distributed=True):
     ):
         super().__init__()
         reject_unknown_options(
-            "SparCLPlugin", set(options) - TDM_OPTIONS - DDR_OPTIONS - DGM_OPTIONS, set(OPTIONS)
+            "SparCLPlugin",
+            set(options) - TDM_OPTIONS - DDR_OPTIONS - DGM_OPTIONS - HEAD_OPTIONS,
+            set(OPTIONS),
         )
         check_options({"masked_head": masked_head})
         tdm_options = {k: v for k, v in options.items() if k in TDM_OPTIONS}
         ddr_options = {k: v for k, v in options.items() if k in DDR_OPTIONS}
         dgm_options = {k: v for k, v in options.items() if k in DGM_OPTIONS}
+        head_options = {k: v for k, v in options.items() if k in HEAD_OPTIONS}
         # every option is checked, also those of a part switched off: a bad value is a mistake either way
         dense = check_options({"sparsity": sparsity})["sparsity"] == 0 and tdm_options.get("profile") is None
         if dense:
@@ -66,7 +70,9 @@ class SparCLPlugin(SupervisedPlugin, supports_distributed=True):
         if self.dgm is not None and self.tdm is not None:
             self.dgm.hand_to(self.tdm)
             dgm_alone = None
-        head = MaskedHeadPlugin() if masked_head else None
+        head = MaskedHeadPlugin(**head_options) if masked_head else None
+        if not masked_head:
+            check_options(head_options)
         self.parts: list[SupervisedPlugin] = [
             part for part in (self.ddr, head, self.tdm, dgm_alone) if part is not None
         ]
@@ -76,12 +82,13 @@ class SparCLPlugin(SupervisedPlugin, supports_distributed=True):
         """SparCL for one-pass (online) training: each example is seen once.
 
         What SparCL can still do there: TDM's sparse network from the first step, on a fixed
-        magnitude mask (no expansion or updates: too few steps to rank weights by), and DGM. DDR is
-        off: forgetting events need two passes over an example. This is what the short-schedule
-        rules make of the default plugin at one epoch, without their warnings; ``options`` go to the
-        parts as in the constructor.
+        magnitude mask (no expansion or updates: too few steps to rank weights by), and DGM at any
+        experience length (``min_gradient_masking_steps=0``: an online stream's experiences are often
+        one minibatch each). DDR is off: forgetting events need two passes over an example. This is
+        what TDM's and DDR's short-schedule rules make of the default plugin at one epoch, without
+        their warnings; ``options`` go to the parts as in the constructor.
         """
-        options = {"expand_ratio": 0.0, "update_every": 1.0, **options}
+        options = {"expand_ratio": 0.0, "update_every": 1.0, "min_gradient_masking_steps": 0, **options}
         return cls(sparsity, removal_ratio=0.0, gradient_sparsity=gradient_sparsity, **options)
 
     @property

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from avalanche_sparcl.distributed import check_agreement
+from avalanche_sparcl.settings import SHORT_EXPERIENCE_STEPS
 from avalanche_sparcl.sparse.importance import ContinualWeightImportance
 from avalanche_sparcl.sparse.layers import (
     default_sparse_weights,
@@ -430,7 +431,7 @@ class DynamicSparsity:
                 self.masks[name] = self.masks[name].to(param.device)
 
 
-AUTO_SCALE_STEPS = 256
+AUTO_SCALE_STEPS = SHORT_EXPERIENCE_STEPS
 """``kept_scale="auto"`` rescales the kept weights when the first experience has fewer optimizer
 steps than this. Rescaled weights turn faster under normalisation layers, which experiences of tens
 of steps need (Split Digits at 1-10 epochs: 9-90 steps) and long ones do not (Split Fashion-MNIST's

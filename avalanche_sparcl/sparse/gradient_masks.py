@@ -5,10 +5,14 @@ share of its *active* (unpruned) weights with the largest ``|grad|`` of the curr
 between, that gradient mask is re-applied. The share is relative to the active weights: the
 reference code counts it over the whole tensor, which makes DGM a no-op at 90% or 95% weight
 sparsity. Selection is a top-k on the parameters' device and hits its count exactly.
+
+An experience of fewer than ``min_steps`` optimizer steps is not masked (one warning): at a few dozen
+steps every gradient is needed (docs/options.md, Short schedules).
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 
 import torch
@@ -26,12 +30,24 @@ from avalanche_sparcl.sparse.masks import (
 
 
 class GradientMasking:
-    """Gradient masks of selected parameters, refreshed on a fixed iteration period."""
+    """Gradient masks of selected parameters, refreshed on a fixed iteration period, in experiences of
+    at least ``min_steps`` optimizer steps (``active``)."""
 
-    def __init__(self, params: Mapping[str, nn.Parameter], gradient_sparsity: float, refresh_every: int):
+    active = True  # class defaults: objects pickled before the short-experience rule load as before
+    min_steps = 0
+    warned_short = False
+
+    def __init__(
+        self,
+        params: Mapping[str, nn.Parameter],
+        gradient_sparsity: float,
+        refresh_every: int,
+        min_steps: int = 0,
+    ):
         self.params = dict(params)
         self.gradient_sparsity = gradient_sparsity
         self.refresh_every = refresh_every
+        self.min_steps = min_steps
         self.masks: dict[str, Tensor] = {}
         self.iterations = 0
 
@@ -41,15 +57,32 @@ class GradientMasking:
         self.params = dict(params)
         self.masks = {name: mask for name, mask in self.masks.items() if name in self.params}
 
-    def start_experience(self) -> None:
-        """Refresh at the first iteration of every experience: its data are new."""
+    def start_experience(self, n_steps: int | None = None) -> None:
+        """Refresh at the first iteration of every experience: its data are new. An experience of
+        ``n_steps`` < ``min_steps`` optimizer steps is not masked (unknown length: masked)."""
         self.iterations = 0
+        self.active = n_steps is None or n_steps >= self.min_steps
+        if self.active:
+            return
+        self.masks = {}  # nothing is masked: the metrics count every gradient of the kept weights
+        if not self.warned_short:
+            self.warned_short = True
+            warnings.warn(
+                f"DGMPlugin: an experience of {n_steps} optimizer steps is shorter than "
+                f"min_gradient_masking_steps={self.min_steps}: every gradient of the kept weights is "
+                "needed at so few steps, so DGM masks no gradient in such experiences; "
+                "min_gradient_masking_steps=0 forces DGM; this warning is given once",
+                stacklevel=2,
+            )
 
     def apply(self, weight_masks: Mapping[str, Tensor] | None = None, refresh: bool = False) -> bool:
         """Mask the current gradients; refresh the masks first when due (or asked). Returns whether it did.
 
-        ``weight_masks`` tells which weights are active (all of them on a dense layer).
+        ``weight_masks`` tells which weights are active (all of them on a dense layer). Nothing is masked
+        in an experience too short for DGM (see :meth:`start_experience`).
         """
+        if not self.active:
+            return False
         refresh = refresh or self.iterations % self.refresh_every == 0 or not self.masks
         self.iterations += 1
         names = [name for name, param in self.params.items() if param.grad is not None]

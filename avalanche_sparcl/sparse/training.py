@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from avalanche_sparcl.settings import check_options
+from avalanche_sparcl.settings import check_options, default
 from avalanche_sparcl.sparse.dynamic import DynamicSparsity, TDMSettings
 from avalanche_sparcl.sparse.gradient_masks import GradientMasking
 from avalanche_sparcl.sparse.layers import default_sparse_weights, parameters_named
@@ -60,11 +60,14 @@ class SparseTraining:
         sparsity: float = 0.75,
         gradient_sparsity: float = 0.2,
         refresh_every: int = 30,
+        min_gradient_masking_steps: int = default("min_gradient_masking_steps"),
         **tdm_options: Any,
     ) -> SparseTraining:
         """SparCL's TDM and DGM on ``model`` for a plain training loop: the layers are chosen by the
         default rule from one forward pass of ``example_input`` (or by ``profile=`` in
-        ``tdm_options``); ``gradient_sparsity=0`` leaves the gradients of the kept weights alone."""
+        ``tdm_options``); ``gradient_sparsity=0`` leaves the gradients of the kept weights alone, as
+        does an experience of fewer than ``min_gradient_masking_steps`` steps (its length is known when
+        ``start_experience`` is given the minibatches per epoch)."""
         settings = TDMSettings(sparsity=sparsity, **tdm_options)
         if settings.profile:
             sparsities = dict(settings.profile)
@@ -72,10 +75,18 @@ class SparseTraining:
             names = default_sparse_weights(model, lambda: model(example_input))
             sparsities = settings.sparsities_of(parameters_named(model, names))
         dynamic = DynamicSparsity(parameters_named(model, sparsities), sparsities, settings)
-        checked = check_options({"gradient_sparsity": gradient_sparsity, "refresh_every": refresh_every})
+        checked = check_options(
+            {
+                "gradient_sparsity": gradient_sparsity,
+                "refresh_every": refresh_every,
+                "min_gradient_masking_steps": min_gradient_masking_steps,
+            }
+        )
         gradient = None
         if checked["gradient_sparsity"] != 0:
-            gradient = GradientMasking({}, gradient_sparsity, refresh_every)
+            gradient = GradientMasking(
+                {}, gradient_sparsity, refresh_every, checked["min_gradient_masking_steps"]
+            )
         engine = cls(dynamic, gradient)
         engine.follow(optimizer)
         return engine
@@ -110,7 +121,8 @@ class SparseTraining:
         if self.gradient_masking is not None:
             if self.dynamic_sparsity is not None:
                 self.gradient_masking.follow(self.dynamic_sparsity.params)
-            self.gradient_masking.start_experience()
+            steps = None if iterations_per_epoch is None else n_epochs * iterations_per_epoch
+            self.gradient_masking.start_experience(steps)
         return dynamic
 
     def before_iteration(self, epoch: int, iteration: int, iterations_per_epoch: int) -> None:
@@ -136,7 +148,7 @@ class SparseTraining:
     def _before_step(self) -> None:
         """Zero the gradients the optimizer must not apply, after every other code edited them."""
         dynamic = self.dynamic_sparsity
-        if self.gradient_masking is None:
+        if self.gradient_masking is None or not self.gradient_masking.active:
             if dynamic is not None:
                 dynamic.mask_gradients()
             return

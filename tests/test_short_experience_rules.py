@@ -1,0 +1,139 @@
+"""Experiences of fewer than 256 optimizer steps: DDR removes nothing, DGM masks no gradient and the
+masked head is off, one warning each, so that SparCL there trains exactly like TDM alone; each rule's
+option forces its part back on, and longer experiences are left as the paper runs them."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from avalanche.training import DER
+from torch import nn
+
+from avalanche_sparcl.models import SmallCNN
+from avalanche_sparcl.plugins import DGMPlugin, ReservoirReplayPlugin, SparCLPlugin
+from avalanche_sparcl.settings import SHORT_EXPERIENCE_STEPS, default
+from avalanche_sparcl.sparse.gradient_masks import GradientMasking
+
+EPOCHS = 3  # Split Digits: 3 epochs of 9 minibatches, 27 steps per experience
+
+
+def der(model: nn.Module, plugins: list) -> DER:
+    return DER(
+        model=model,
+        optimizer=torch.optim.SGD(model.parameters(), lr=0.03),
+        criterion=nn.CrossEntropyLoss(),
+        mem_size=100,
+        batch_size_mem=32,
+        train_mb_size=32,
+        train_epochs=EPOCHS,
+        evaluator=None,
+        plugins=plugins,
+    )
+
+
+def train(plugins: list, experiences) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Final weights and the rule warnings of a seeded SmallCNN trained with DER++ on ``experiences``."""
+    torch.manual_seed(0)
+    model = SmallCNN()
+    strategy = der(model, plugins)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for experience in experiences:
+            strategy.train(experience)
+    messages = [str(w.message) for w in caught if "Plugin: an experience of" in str(w.message)]
+    return {name: value.clone() for name, value in model.state_dict().items()}, messages
+
+
+DGM_SHORT_WARNING = (
+    "DGMPlugin: an experience of 27 optimizer steps is shorter than min_gradient_masking_steps=256: "
+    "every gradient of the kept weights is needed at so few steps, so DGM masks no gradient in such "
+    "experiences; min_gradient_masking_steps=0 forces DGM; this warning is given once"
+)
+HEAD_SHORT_WARNING = (
+    "MaskedHeadPlugin: an experience of 27 optimizer steps (3 epochs of 9 minibatches) is shorter than "
+    "min_masked_head_steps=256: there the current classes need their own examples to compete with the "
+    "old ones, so the head is not masked in such experiences; min_masked_head_steps=0 forces it; this "
+    "warning is given once"
+)
+DDR_SHORT_WARNING = (
+    "DDRPlugin: an experience of 27 optimizer steps (3 epochs of 9 minibatches) is shorter than "
+    "min_experience_steps=256: the network still needs every example, so no data is removed from such "
+    "experiences; min_experience_steps=0 forces removal; removal_ratio=0 turns DDR off; this warning is "
+    "given once"
+)
+
+
+def test_the_three_rules_share_one_threshold():
+    assert SHORT_EXPERIENCE_STEPS == 256
+    names = ("min_experience_steps", "min_gradient_masking_steps", "min_masked_head_steps")
+    assert [default(name) for name in names] == [256, 256, 256]
+
+
+def test_short_experiences_train_full_sparcl_exactly_like_tdm_alone(digits_benchmark):
+    """Two experiences of 27 steps: the default SparCLPlugin with the masked head gives TDM's weights
+    to the bit, with one warning per rule, no gradient mask and no data removed."""
+    experiences = digits_benchmark.train_stream[:2]
+    sparcl = SparCLPlugin(0.75, masked_head=True)
+    full, messages = train([ReservoirReplayPlugin(100), sparcl], experiences)
+    tdm_alone, tdm_messages = train(
+        [ReservoirReplayPlugin(100), SparCLPlugin(0.75, removal_ratio=0, gradient_sparsity=0)], experiences
+    )
+    assert sorted(messages) == sorted([DDR_SHORT_WARNING, HEAD_SHORT_WARNING, DGM_SHORT_WARNING])
+    assert tdm_messages == []
+    assert all(torch.equal(full[name], tdm_alone[name]) for name in full)
+    assert sparcl.gradient_masks == {}
+    assert [record.stages for record in sparcl.ddr.stage_counts] == [[], []]
+    assert sparcl.dgm.gradient_masking.active is False
+
+
+@pytest.mark.parametrize("forced", [{"min_gradient_masking_steps": 0}, {"min_gradient_masking_steps": 27}])
+def test_dgm_masks_an_experience_of_at_least_its_min_steps(digits_benchmark, forced):
+    """27 steps meet a threshold of 27 (or 0): each layer applies 80% of its kept weights' gradients."""
+    sparcl = SparCLPlugin(0.75, removal_ratio=0, **forced)
+    _, messages = train([sparcl], digits_benchmark.train_stream[:1])
+    assert messages == []
+    applied, kept = sparcl.gradient_masks, sparcl.masks
+    assert sorted(applied) == sorted(kept) and len(applied) == 2
+    assert all(int(applied[name].sum()) == round(0.8 * int(kept[name].sum())) for name in applied)
+
+
+def test_standalone_dgm_follows_the_rule_and_its_option(digits_benchmark):
+    """DGM without TDM: no gradient mask at 27 steps, every trainable weight layer masked with the
+    rule off."""
+    short, forced = DGMPlugin(0.2), DGMPlugin(0.2, min_gradient_masking_steps=0)
+    _, messages = train([short], digits_benchmark.train_stream[:1])
+    assert messages == [DGM_SHORT_WARNING]
+    assert short.gradient_masks == {}
+    train([forced], digits_benchmark.train_stream[:1])
+    assert len(forced.gradient_masks) == 2
+    assert all(int(mask.sum()) == round(0.8 * mask.numel()) for mask in forced.gradient_masks.values())
+
+
+def test_masked_head_forced_on_changes_the_training(digits_benchmark):
+    """With ``min_masked_head_steps=0`` the 27-step experiences train on the masked logits again (other
+    weights than without the head); DDR and DGM stay off by their rules."""
+    experiences = digits_benchmark.train_stream[:2]
+    buffer = ReservoirReplayPlugin
+    forced, forced_messages = train(
+        [buffer(100), SparCLPlugin(0.75, masked_head=True, min_masked_head_steps=0)], experiences
+    )
+    unmasked, _ = train([buffer(100), SparCLPlugin(0.75, masked_head=False)], experiences)
+    assert sorted(forced_messages) == sorted([DDR_SHORT_WARNING, DGM_SHORT_WARNING])
+    assert not torch.equal(forced["classifier.weight"], unmasked["classifier.weight"])
+
+
+def test_gradient_masking_is_active_from_min_steps_and_when_the_length_is_unknown():
+    param = nn.Parameter(torch.ones(10))
+    masking = GradientMasking({"w": param}, gradient_sparsity=0.5, refresh_every=30, min_steps=256)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for steps, active in ((256, True), (255, False), (None, True), (10, False)):
+            masking.start_experience(steps)
+            assert masking.active is active
+            param.grad = torch.arange(10.0)
+            assert masking.apply() is active
+            assert int((param.grad != 0).sum()) == (5 if active else 9)
+    assert len(caught) == 1 and "an experience of 255 optimizer steps" in str(caught[0].message)
+
