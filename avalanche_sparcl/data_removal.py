@@ -51,7 +51,12 @@ from avalanche_sparcl.distributed import (
     sum_across_ranks,
     world_size,
 )
-from avalanche_sparcl.settings import check_options, default, options_of
+from avalanche_sparcl.settings import (
+    check_options,
+    default,
+    is_short_experience,
+    options_of,
+)
 
 UNKNOWN_LABEL = -1
 """Label recorded for an example DDR has not observed yet."""
@@ -63,9 +68,6 @@ and each example is observed once per epoch."""
 DEFAULT_MIN_EXPERIENCE_STEPS = default("min_experience_steps")
 """Fewest optimizer steps an experience needs for DDR to remove any of its data (module docstring)."""
 
-FULL_SCHEDULE_EPOCHS = 10
-"""Epochs from which an experience is never too short for DDR, however few its steps: every window
-then spans at least 2 epochs and at least 6 epochs follow the last stage (cutoff 0.4)."""
 
 
 @dataclass(frozen=True)
@@ -141,9 +143,7 @@ def too_few_steps(n_epochs: int, iterations_per_epoch: int | None, settings: DDR
     """Whether an experience of ``n_epochs`` epochs of ``iterations_per_epoch`` minibatches is too
     short for DDR: fewer than ``min_experience_steps`` optimizer steps and fewer than
     ``FULL_SCHEDULE_EPOCHS`` epochs (unknown length: not too short)."""
-    if iterations_per_epoch is None or n_epochs >= FULL_SCHEDULE_EPOCHS:
-        return False
-    return n_epochs * iterations_per_epoch < settings.min_experience_steps
+    return is_short_experience(n_epochs, iterations_per_epoch, settings.min_experience_steps)
 
 
 class ForgettingStatistics:

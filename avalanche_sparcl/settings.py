@@ -98,11 +98,31 @@ class Range:
 FRACTION = Range("fraction")
 """[0, 1): a share that cannot be everything."""
 SHORT_EXPERIENCE_STEPS = 256
-"""Experiences of fewer optimizer steps than this are short for DDR, DGM and the masked head (the
-defaults of ``min_experience_steps``, ``min_gradient_masking_steps``, ``min_masked_head_steps``) and
-for TDM's ``kept_scale="auto"``. Measured on Split Digits (9-90 steps per experience) and on Split
-Fashion-MNIST at 500 images per class (96 steps), against its quick grid (375-1,125 steps), where
-every rule leaves the method as the paper runs it (docs/benchmarks.md)."""
+"""Experiences of fewer optimizer steps (and fewer than ``FULL_SCHEDULE_EPOCHS`` epochs) are short for
+DDR, DGM and the masked head (the defaults of ``min_experience_steps``, ``min_gradient_masking_steps``,
+``min_masked_head_steps``); TDM's ``kept_scale="auto"`` counts the steps alone. Measured on Split
+Digits (9-90 steps per experience) and on Split Fashion-MNIST at 500 images per class (96 steps),
+against its quick grid (375-1,125 steps), where every rule leaves the method as the paper runs it
+(docs/benchmarks.md)."""
+
+FULL_SCHEDULE_EPOCHS = 10
+"""Epochs from which an experience is never short, however few its steps: each example is seen often
+enough for the parts to act (DDR: every removal window spans at least 2 epochs and at least 6 epochs
+follow the last stage; on Split Digits at 10 epochs of 9 steps DGM cost no accuracy)."""
+
+
+def counted(count: int, singular: str, plural: str | None = None) -> str:
+    """``count`` with its noun in the right number: '1 epoch', '3 epochs'."""
+    return f"{count} {singular if count == 1 else plural or singular + 's'}"
+
+
+def is_short_experience(n_epochs: int, iterations_per_epoch: int | None, min_steps: int) -> bool:
+    """Whether an experience of ``n_epochs`` epochs of ``iterations_per_epoch`` minibatches is too short
+    for a part that needs ``min_steps`` optimizer steps: fewer steps and fewer than
+    ``FULL_SCHEDULE_EPOCHS`` epochs (unknown length: not short)."""
+    if iterations_per_epoch is None or n_epochs >= FULL_SCHEDULE_EPOCHS:
+        return False
+    return n_epochs * iterations_per_epoch < min_steps
 
 SCHEDULE_FRACTION = Range("fraction", include_low=False, include_high=True)
 """(0, 1]: a point of the experience's epochs."""

@@ -134,9 +134,14 @@ def time_run(with_plugin: bool, args: argparse.Namespace, device: torch.device) 
         model, shape = WideLinearCNN(), (1, 28, 28)
     else:
         model, shape = ResNet18(num_classes=10, nf=args.nf), (3, 32, 32)
-    # DGM forced on: the run is far shorter than the experiences it measures the cost of
+    # DDR and DGM forced on: the run is shorter than the experiences it measures the cost of
     sparcl = (
-        SparCLPlugin(sparsity=0.75, update_every=args.update_every, min_gradient_masking_steps=0)
+        SparCLPlugin(
+            sparsity=0.75,
+            update_every=args.update_every,
+            min_experience_steps=0,
+            min_gradient_masking_steps=0,
+        )
         if with_plugin
         else None
     )

@@ -132,9 +132,13 @@ def profile(model_name: str, device: torch.device, steps: int) -> tuple[float, d
     images = torch.randn(steps * 32, *shape)
     labels = torch.arange(10).repeat(steps * 32 // 10 + 1)[: steps * 32]
     benchmark = tensor_benchmark((images, labels), (images[:32], labels[:32]), 1, 0)
-    # DGM forced on: the run is far shorter than the experiences it profiles
+    # DDR and DGM forced on: the run is shorter than the experiences it profiles
     sparcl = SparCLPlugin(
-        sparsity=0.75, removal_ratio=0.3, gradient_sparsity=0.2, min_gradient_masking_steps=0
+        sparsity=0.75,
+        removal_ratio=0.3,
+        gradient_sparsity=0.2,
+        min_experience_steps=0,
+        min_gradient_masking_steps=0,
     )
     clock = StepClock(device)
     totals: dict[str, list[float]] = defaultdict(list)
@@ -163,7 +167,8 @@ def profile_table(device: str = "cpu", steps: int = 60) -> str:
         step_ms, hooks = profile(model_name, torch.device(device), steps)
         plugin_ms = sum(hooks.values())
         lines += [
-            f"{label}, batch 32, SparCLPlugin(0.75, removal_ratio=0.3, gradient_sparsity=0.2), plain SGD; "
+            f"{label}, batch 32, SparCLPlugin(0.75, removal_ratio=0.3, gradient_sparsity=0.2, "
+            "min_experience_steps=0, min_gradient_masking_steps=0), plain SGD; "
             f"median step {step_ms:.1f} ms, plugin {plugin_ms:.2f} ms per step "
             f"({100 * plugin_ms / step_ms:.1f}% of the step; mask updates and refreshes included):",
             "",

@@ -328,7 +328,8 @@ def write_markdown(report: dict[str, Any]) -> str:
         "## Plugin overhead on the CPU",
         "",
         "Measured by `python benchmarks/overhead.py --device cpu --model MODEL`: batch 32, random images, "
-        "Naive strategy with and without SparCLPlugin (0.75 / 0.3 / 0.2, TDM's update_every 0.5: one "
+        "Naive strategy with and without SparCLPlugin (0.75 / 0.3 / 0.2, DDR and DGM on at any length, "
+        "TDM's update_every 0.5: one "
         "mask update mid-run, so that most steps lie outside its 32-step CWI window, as they do at the "
         "paper's 50 epochs), 8 epochs of 20 minibatches per run, alternating run pairs. Steps by kind: "
         "ordinary (the plugin masks the gradients and DDR scores the minibatch), ordinary in a CWI "

@@ -1,6 +1,7 @@
-"""Experiences of fewer than 256 optimizer steps: DDR removes nothing, DGM masks no gradient and the
-masked head is off, one warning each, so that SparCL there trains exactly like TDM alone; each rule's
-option forces its part back on, and longer experiences are left as the paper runs them."""
+"""Experiences of fewer than 256 optimizer steps and fewer than 10 epochs: DDR removes nothing, DGM
+masks no gradient and the masked head is off, one warning each, so that SparCL there trains exactly like
+TDM alone; each rule's option forces its part back on, and longer experiences are left as the paper
+runs them (tests/test_behaviour_digests.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,12 @@ from torch import nn
 
 from avalanche_sparcl.models import SmallCNN
 from avalanche_sparcl.plugins import DGMPlugin, ReservoirReplayPlugin, SparCLPlugin
-from avalanche_sparcl.settings import SHORT_EXPERIENCE_STEPS, default
+from avalanche_sparcl.settings import (
+    FULL_SCHEDULE_EPOCHS,
+    SHORT_EXPERIENCE_STEPS,
+    default,
+    is_short_experience,
+)
 from avalanche_sparcl.sparse.gradient_masks import GradientMasking
 
 EPOCHS = 3  # Split Digits: 3 epochs of 9 minibatches, 27 steps per experience
@@ -47,9 +53,10 @@ def train(plugins: list, experiences) -> tuple[dict[str, torch.Tensor], list[str
 
 
 DGM_SHORT_WARNING = (
-    "DGMPlugin: an experience of 27 optimizer steps is shorter than min_gradient_masking_steps=256: "
-    "every gradient of the kept weights is needed at so few steps, so DGM masks no gradient in such "
-    "experiences; min_gradient_masking_steps=0 forces DGM; this warning is given once"
+    "DGMPlugin: an experience of 27 optimizer steps (3 epochs of 9 minibatches) is shorter than "
+    "min_gradient_masking_steps=256: every gradient of the kept weights is needed at so few steps, so "
+    "DGM masks no gradient in such experiences; min_gradient_masking_steps=0 forces DGM; this warning "
+    "is given once"
 )
 HEAD_SHORT_WARNING = (
     "MaskedHeadPlugin: an experience of 27 optimizer steps (3 epochs of 9 minibatches) is shorter than "
@@ -65,10 +72,12 @@ DDR_SHORT_WARNING = (
 )
 
 
-def test_the_three_rules_share_one_threshold():
-    assert SHORT_EXPERIENCE_STEPS == 256
+def test_the_three_rules_share_one_definition_of_short():
+    assert (SHORT_EXPERIENCE_STEPS, FULL_SCHEDULE_EPOCHS) == (256, 10)
     names = ("min_experience_steps", "min_gradient_masking_steps", "min_masked_head_steps")
     assert [default(name) for name in names] == [256, 256, 256]
+    assert [is_short_experience(9, 28, 256), is_short_experience(9, 29, 256)] == [True, False]
+    assert [is_short_experience(10, 1, 256), is_short_experience(3, None, 256)] == [False, False]
 
 
 def test_short_experiences_train_full_sparcl_exactly_like_tdm_alone(digits_benchmark):
@@ -124,16 +133,19 @@ def test_masked_head_forced_on_changes_the_training(digits_benchmark):
     assert not torch.equal(forced["classifier.weight"], unmasked["classifier.weight"])
 
 
-def test_gradient_masking_is_active_from_min_steps_and_when_the_length_is_unknown():
+def test_gradient_masking_is_active_from_min_steps_or_ten_epochs_and_when_the_length_is_unknown():
     param = nn.Parameter(torch.ones(10))
     masking = GradientMasking({"w": param}, gradient_sparsity=0.5, refresh_every=30, min_steps=256)
+    lengths = (((8, 32), True), ((5, 51), False), ((10, 1), True), ((9, None), True), ((None, None), True))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        for steps, active in ((256, True), (255, False), (None, True), (10, False)):
-            masking.start_experience(steps)
+        for (epochs, minibatches), active in (*lengths, ((1, 9), False)):
+            masking.start_experience(epochs, minibatches)
             assert masking.active is active
             param.grad = torch.arange(10.0)
             assert masking.apply() is active
             assert int((param.grad != 0).sum()) == (5 if active else 9)
-    assert len(caught) == 1 and "an experience of 255 optimizer steps" in str(caught[0].message)
+    assert [str(warning.message)[:60] for warning in caught] == [
+        "DGMPlugin: an experience of 255 optimizer steps (5 epochs of"
+    ]
 

@@ -56,8 +56,8 @@ from avalanche_sparcl.plugins.ddr_positions import (
     keep_only_positions,
     with_positions,
 )
-from avalanche_sparcl.plugins.tdm import counted, minibatches_per_epoch
-from avalanche_sparcl.settings import default
+from avalanche_sparcl.plugins.tdm import minibatches_per_epoch
+from avalanche_sparcl.settings import counted, default
 from avalanche_sparcl.validation import reject_unknown_options
 
 OTHER_TRAINING_DATA: dict[type, str] = {

@@ -25,7 +25,8 @@ class DGMPlugin(SupervisedPlugin, supports_distributed=True):
     TDM, whose engine applies them at the optimizer step on TDM's layers, counting
     ``gradient_sparsity`` over TDM's active weights and refreshing right after every mask change. On its
     own it is the adapter for DGM without TDM: TDM's default layer set, every weight active. An
-    experience of fewer than ``min_gradient_masking_steps`` optimizer steps is not masked (one warning).
+    experience of fewer than ``min_gradient_masking_steps`` optimizer steps and fewer than 10 epochs is not
+    masked (one warning).
     """
 
     owns_gradient_masks = True  # see plugins.composition

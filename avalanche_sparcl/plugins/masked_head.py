@@ -12,8 +12,8 @@ from torch import Tensor
 
 from avalanche_sparcl.logits import kept_columns
 from avalanche_sparcl.plugins.composition import replays_current_examples
-from avalanche_sparcl.plugins.tdm import counted, minibatches_per_epoch
-from avalanche_sparcl.settings import check_options, default
+from avalanche_sparcl.plugins.tdm import minibatches_per_epoch
+from avalanche_sparcl.settings import check_options, counted, default, is_short_experience
 
 
 class MaskedHeadPlugin(SupervisedPlugin, supports_distributed=True):
@@ -25,10 +25,10 @@ class MaskedHeadPlugin(SupervisedPlugin, supports_distributed=True):
     batches). Buffer rows keep all logits for their replay terms, also when a reservoir buffer
     replays current-experience examples, as in the reference.
 
-    An experience of fewer than ``min_masked_head_steps`` optimizer steps is left unmasked (one
-    warning): there the current classes only learn to compete with the old ones through the buffer's
-    few current examples, and on Split Fashion-MNIST at 96 steps per experience the masked head cost
-    SparCL-DER++ 6-8 points of Class-IL (docs/benchmarks.md).
+    An experience of fewer than ``min_masked_head_steps`` optimizer steps and fewer than 10 epochs is
+    left unmasked (one warning): there the current classes only learn to compete with the old ones
+    through the buffer's few current examples, and on Split Fashion-MNIST at 96 steps per experience
+    the masked head cost SparCL-DER++ 6-8 points of Class-IL (docs/benchmarks.md).
     """
 
     rewrites_logits = True  # see plugins.composition
@@ -66,15 +66,14 @@ class MaskedHeadPlugin(SupervisedPlugin, supports_distributed=True):
         if not self.starting:
             return
         self.starting = False
-        minibatches = minibatches_per_epoch(strategy)
-        steps = None if minibatches is None else strategy.train_epochs * minibatches
-        self.active = steps is None or steps >= self.min_masked_head_steps
+        epochs, minibatches = strategy.train_epochs, minibatches_per_epoch(strategy)
+        self.active = not is_short_experience(epochs, minibatches, self.min_masked_head_steps)
         if self.active or self.warned_short:
             return
         self.warned_short = True
-        epochs = counted(strategy.train_epochs, "epoch")
         warnings.warn(
-            f"MaskedHeadPlugin: an experience of {steps} optimizer steps ({epochs} of "
+            f"MaskedHeadPlugin: an experience of {epochs * minibatches} optimizer steps "
+            f"({counted(epochs, 'epoch')} of "
             f"{counted(minibatches, 'minibatch', 'minibatches')}) is shorter than min_masked_head_steps="
             f"{self.min_masked_head_steps}: there the current classes need their own examples to compete "
             "with the old ones, so the head is not masked in such experiences; min_masked_head_steps=0 "

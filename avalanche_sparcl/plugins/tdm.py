@@ -13,7 +13,7 @@ from avalanche.models.packnet import PackNetModule, PackNetPlugin
 from avalanche_sparcl.distributed import unwrap
 from avalanche_sparcl.plugins.composition import refuse_two_mask_owners
 from avalanche_sparcl.plugins.probe import probe_forward
-from avalanche_sparcl.settings import default
+from avalanche_sparcl.settings import counted, default
 from avalanche_sparcl.sparse.dynamic import DynamicSparsity, TDMSettings
 from avalanche_sparcl.sparse.gradient_masks import GradientMasking
 from avalanche_sparcl.sparse.layers import (
@@ -229,11 +229,6 @@ def minibatches_per_epoch(strategy: Any) -> int | None:
         return len(strategy.dataloader)
     except (AttributeError, TypeError):
         return None
-
-
-def counted(count: int, singular: str, plural: str | None = None) -> str:
-    """``count`` with its noun in the right number: '1 epoch', '3 epochs'."""
-    return f"{count} {singular if count == 1 else plural or singular + 's'}"
 
 
 def fixed_mask_warning(epochs: int, iterations_per_epoch: int, settings: TDMSettings) -> str:

@@ -6,8 +6,8 @@ between, that gradient mask is re-applied. The share is relative to the active w
 reference code counts it over the whole tensor, which makes DGM a no-op at 90% or 95% weight
 sparsity. Selection is a top-k on the parameters' device and hits its count exactly.
 
-An experience of fewer than ``min_steps`` optimizer steps is not masked (one warning): at a few dozen
-steps every gradient is needed (docs/options.md, Short schedules).
+An experience of fewer than ``min_steps`` optimizer steps and fewer than 10 epochs is not masked (one
+warning): at a few dozen steps every gradient is needed (docs/options.md, Short schedules).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from avalanche_sparcl.distributed import check_agreement
+from avalanche_sparcl.settings import counted, is_short_experience
 from avalanche_sparcl.sparse.masks import (
     as_mask,
     highest_positions,
@@ -57,20 +58,24 @@ class GradientMasking:
         self.params = dict(params)
         self.masks = {name: mask for name, mask in self.masks.items() if name in self.params}
 
-    def start_experience(self, n_steps: int | None = None) -> None:
-        """Refresh at the first iteration of every experience: its data are new. An experience of
-        ``n_steps`` < ``min_steps`` optimizer steps is not masked (unknown length: masked)."""
+    def start_experience(self, n_epochs: int | None = None, iterations_per_epoch: int | None = None) -> None:
+        """Refresh at the first iteration of every experience: its data are new. A short experience
+        (fewer than ``min_steps`` optimizer steps and fewer than ``FULL_SCHEDULE_EPOCHS`` epochs) is not
+        masked; one of unknown length is."""
         self.iterations = 0
-        self.active = n_steps is None or n_steps >= self.min_steps
+        short = n_epochs is not None and is_short_experience(n_epochs, iterations_per_epoch, self.min_steps)
+        self.active = not short
         if self.active:
             return
         self.masks = {}  # nothing is masked: the metrics count every gradient of the kept weights
         if not self.warned_short:
             self.warned_short = True
             warnings.warn(
-                f"DGMPlugin: an experience of {n_steps} optimizer steps is shorter than "
-                f"min_gradient_masking_steps={self.min_steps}: every gradient of the kept weights is "
-                "needed at so few steps, so DGM masks no gradient in such experiences; "
+                f"DGMPlugin: an experience of {n_epochs * iterations_per_epoch} optimizer steps "
+                f"({counted(n_epochs, 'epoch')} of "
+                f"{counted(iterations_per_epoch, 'minibatch', 'minibatches')}) "
+                f"is shorter than min_gradient_masking_steps={self.min_steps}: every gradient of the kept "
+                "weights is needed at so few steps, so DGM masks no gradient in such experiences; "
                 "min_gradient_masking_steps=0 forces DGM; this warning is given once",
                 stacklevel=2,
             )

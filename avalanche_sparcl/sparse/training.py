@@ -121,8 +121,7 @@ class SparseTraining:
         if self.gradient_masking is not None:
             if self.dynamic_sparsity is not None:
                 self.gradient_masking.follow(self.dynamic_sparsity.params)
-            steps = None if iterations_per_epoch is None else n_epochs * iterations_per_epoch
-            self.gradient_masking.start_experience(steps)
+            self.gradient_masking.start_experience(n_epochs, iterations_per_epoch)
         return dynamic
 
     def before_iteration(self, epoch: int, iteration: int, iterations_per_epoch: int) -> None:
