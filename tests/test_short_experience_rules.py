@@ -1,7 +1,8 @@
-"""Experiences of fewer than 256 optimizer steps and fewer than 10 epochs: DDR removes nothing, DGM
-masks no gradient and the masked head is off, one warning each, so that SparCL there trains exactly like
-TDM alone; each rule's option forces its part back on, and longer experiences are left as the paper
-runs them (tests/test_behaviour_digests.py)."""
+"""Short experiences, fewer than 10 epochs and fewer optimizer steps than each part's threshold (256 for
+DDR and the masked head, 64 for DGM): DDR removes nothing, DGM masks no gradient and the masked head is
+off, one warning each, so that SparCL on experiences of a few dozen steps trains exactly like TDM alone;
+each rule's option forces its part back on, and longer experiences are left as the paper runs them
+(tests/test_behaviour_digests.py)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from avalanche_sparcl.plugins import DGMPlugin, ReservoirReplayPlugin, SparCLPlu
 from avalanche_sparcl.settings import (
     FULL_SCHEDULE_EPOCHS,
     SHORT_EXPERIENCE_STEPS,
+    SHORT_GRADIENT_MASKING_STEPS,
     default,
     is_short_experience,
 )
@@ -54,7 +56,7 @@ def train(plugins: list, experiences) -> tuple[dict[str, torch.Tensor], list[str
 
 DGM_SHORT_WARNING = (
     "DGMPlugin: an experience of 27 optimizer steps (3 epochs of 9 minibatches) is shorter than "
-    "min_gradient_masking_steps=256: every gradient of the kept weights is needed at so few steps, so "
+    "min_gradient_masking_steps=64: every gradient of the kept weights is needed at so few steps, so "
     "DGM masks no gradient in such experiences; min_gradient_masking_steps=0 forces DGM; this warning "
     "is given once"
 )
@@ -72,10 +74,10 @@ DDR_SHORT_WARNING = (
 )
 
 
-def test_the_three_rules_share_one_definition_of_short():
-    assert (SHORT_EXPERIENCE_STEPS, FULL_SCHEDULE_EPOCHS) == (256, 10)
+def test_the_three_rules_share_one_definition_of_short_with_their_own_thresholds():
+    assert (SHORT_EXPERIENCE_STEPS, SHORT_GRADIENT_MASKING_STEPS, FULL_SCHEDULE_EPOCHS) == (256, 64, 10)
     names = ("min_experience_steps", "min_gradient_masking_steps", "min_masked_head_steps")
-    assert [default(name) for name in names] == [256, 256, 256]
+    assert [default(name) for name in names] == [256, 64, 256]
     assert [is_short_experience(9, 28, 256), is_short_experience(9, 29, 256)] == [True, False]
     assert [is_short_experience(10, 1, 256), is_short_experience(3, None, 256)] == [False, False]
 
