@@ -28,7 +28,7 @@ class MaskedHeadPlugin(SupervisedPlugin, supports_distributed=True):
     An experience of fewer than ``min_masked_head_steps`` optimizer steps and fewer than 10 epochs is
     left unmasked (one warning): there the current classes only learn to compete with the old ones
     through the buffer's few current examples, and on Split Fashion-MNIST at 96 steps per experience
-    the masked head cost SparCL-DER++ 6-8 points of Class-IL (docs/benchmarks.md).
+    the masked head cost SparCL-DER++ 3-7 points of Class-IL (docs/results.md).
     """
 
     rewrites_logits = True  # see plugins.composition
