@@ -21,6 +21,24 @@ HEAD_RULES_OFF = {"min_masked_head_steps": 0}
 RULES_OFF = {**TDM_RULES_OFF, **DDR_RULES_OFF, **DGM_RULES_OFF, **HEAD_RULES_OFF}  # all, for SparCLPlugin
 
 
+def small_der(model: torch.nn.Module, plugins: list, epochs: int):
+    """Avalanche's DER on ``model``: plain SGD lr 0.03, minibatches of 32 plus 32 from a buffer of 100,
+    no evaluator (the short-schedule tests' strategy)."""
+    from avalanche.training import DER
+
+    return DER(
+        model=model,
+        optimizer=torch.optim.SGD(model.parameters(), lr=0.03),
+        criterion=torch.nn.CrossEntropyLoss(),
+        mem_size=100,
+        batch_size_mem=32,
+        train_mb_size=32,
+        train_epochs=epochs,
+        evaluator=None,
+        plugins=plugins,
+    )
+
+
 def quiet_evaluator(*metrics):
     """Avalanche's evaluation plugin with ``metrics`` (none by default) and no loggers."""
     return EvaluationPlugin(*metrics, loggers=[])

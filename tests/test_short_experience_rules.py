@@ -10,7 +10,7 @@ import warnings
 
 import pytest
 import torch
-from avalanche.training import DER
+from conftest import small_der
 from torch import nn
 
 from avalanche_sparcl.models import SmallCNN
@@ -27,25 +27,11 @@ from avalanche_sparcl.sparse.gradient_masks import GradientMasking
 EPOCHS = 3  # Split Digits: 3 epochs of 9 minibatches, 27 steps per experience
 
 
-def der(model: nn.Module, plugins: list) -> DER:
-    return DER(
-        model=model,
-        optimizer=torch.optim.SGD(model.parameters(), lr=0.03),
-        criterion=nn.CrossEntropyLoss(),
-        mem_size=100,
-        batch_size_mem=32,
-        train_mb_size=32,
-        train_epochs=EPOCHS,
-        evaluator=None,
-        plugins=plugins,
-    )
-
-
 def train(plugins: list, experiences) -> tuple[dict[str, torch.Tensor], list[str]]:
     """Final weights and the rule warnings of a seeded SmallCNN trained with DER++ on ``experiences``."""
     torch.manual_seed(0)
     model = SmallCNN()
-    strategy = der(model, plugins)
+    strategy = small_der(model, plugins, EPOCHS)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         for experience in experiences:

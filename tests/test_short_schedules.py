@@ -9,8 +9,8 @@ from functools import partial
 import pytest
 import torch
 from avalanche.benchmarks.scenarios.online import split_online_stream
-from avalanche.training import DER, Naive
-from torch import nn
+from avalanche.training import Naive
+from conftest import small_der
 
 from avalanche_sparcl.models import SmallCNN
 from avalanche_sparcl.plugins import DDRPlugin, SparCLPlugin, TDMPlugin
@@ -56,19 +56,6 @@ def test_long_epochs_and_rule_off_keep_every_update():
     assert space_updates(mask_updates(3, 0.1, 0.9), DIGITS_MINIBATCHES, 0) == mask_updates(3, 0.1, 0.9)
 
 
-def der(model: nn.Module, plugins: list, epochs: int) -> DER:
-    return DER(
-        model=model,
-        optimizer=torch.optim.SGD(model.parameters(), lr=0.03),
-        criterion=nn.CrossEntropyLoss(),
-        mem_size=100,
-        batch_size_mem=32,
-        train_mb_size=32,
-        train_epochs=epochs,
-        evaluator=None,
-        plugins=plugins,
-    )
-
 
 def train_recording_warnings(strategy, experiences) -> list[str]:
     with warnings.catch_warnings(record=True) as caught:
@@ -90,7 +77,7 @@ TDM_FIXED_MASK_WARNING = (
 def test_one_epoch_experiences_keep_the_initial_mask_and_warn_once(digits_benchmark):
     torch.manual_seed(0)
     model, tdm = SmallCNN(), TDMPlugin(0.75)
-    strategy = der(model, [tdm], epochs=1)
+    strategy = small_der(model, [tdm], epochs=1)
     experiences = digits_benchmark.train_stream[:3]
     messages = train_recording_warnings(strategy, experiences[:1])
     initial = {name: mask.clone() for name, mask in tdm.masks.items()}
@@ -106,7 +93,7 @@ def test_one_epoch_experiences_keep_the_initial_mask_and_warn_once(digits_benchm
 def test_min_update_steps_0_forces_the_scheduled_updates(digits_benchmark):
     torch.manual_seed(0)
     tdm = TDMPlugin(0.75, min_update_steps=0)
-    strategy = der(SmallCNN(), [tdm], epochs=1)
+    strategy = small_der(SmallCNN(), [tdm], epochs=1)
     assert train_recording_warnings(strategy, digits_benchmark.train_stream[:1]) == []
     kinds = [record.kind for record in tdm.dynamic_sparsity.history]
     assert kinds == ["expand", "shrink"] + ["mutate"] * 7  # positions 0.1 .. 0.8 of the epoch
@@ -116,7 +103,7 @@ def test_min_update_steps_0_forces_the_scheduled_updates(digits_benchmark):
 def test_three_digits_epochs_update_at_epochs_1_2_and_2_4(digits_benchmark):
     torch.manual_seed(0)
     tdm = TDMPlugin(0.75)
-    strategy = der(SmallCNN(), [tdm], epochs=3)
+    strategy = small_der(SmallCNN(), [tdm], epochs=3)
     assert train_recording_warnings(strategy, digits_benchmark.train_stream[:1]) == []
     history = [(record.position, record.kind) for record in tdm.dynamic_sparsity.history]
     assert history == [(0.0, "expand"), (1.2222222222222223, "shrink"), (2.4444444444444446, "mutate")]
@@ -133,7 +120,7 @@ DDR_SHORT_WARNING = (
 def test_ddr_keeps_all_data_of_short_experiences_and_warns_once(digits_benchmark):
     torch.manual_seed(0)
     ddr = DDRPlugin()
-    strategy = der(SmallCNN(), [ddr], epochs=5)
+    strategy = small_der(SmallCNN(), [ddr], epochs=5)
     messages = train_recording_warnings(strategy, digits_benchmark.train_stream[:2])
     assert messages == [DDR_SHORT_WARNING]
     assert [record.stages for record in ddr.stage_counts] == [[], []]
@@ -144,7 +131,7 @@ def test_ddr_removes_with_the_rule_off_or_from_ten_epochs(digits_benchmark, epoc
     """10 epochs of 9 minibatches (90 steps) are long enough; 5 epochs only with the rule off."""
     torch.manual_seed(0)
     ddr = DDRPlugin(**options)
-    strategy = der(SmallCNN(), [ddr], epochs=epochs)
+    strategy = small_der(SmallCNN(), [ddr], epochs=epochs)
     assert train_recording_warnings(strategy, digits_benchmark.train_stream[:1]) == []
     size = len(digits_benchmark.train_stream[0].dataset)
     stages = ddr.stage_counts[0].stages
@@ -169,7 +156,7 @@ def test_one_epoch_default_plugin_trains_exactly_like_one_pass(digits_benchmark)
     for plugin_factory in (partial(SparCLPlugin, min_gradient_masking_steps=0), SparCLPlugin.one_pass):
         torch.manual_seed(0)
         model, plugin = SmallCNN(), plugin_factory()
-        strategy = der(model, [plugin], epochs=1)
+        strategy = small_der(model, [plugin], epochs=1)
         messages = train_recording_warnings(strategy, digits_benchmark.train_stream[:2])
         results.append((model.state_dict(), messages, plugin))
     (default_state, default_messages, _), (one_pass_state, one_pass_messages, one_pass) = results
