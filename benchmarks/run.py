@@ -44,7 +44,11 @@ from whole_run import measure as measure_whole_run  # noqa: E402
 
 from avalanche_sparcl.console import hide_avalanche_deprecation_notices  # noqa: E402
 from avalanche_sparcl.experiments.config import load_config  # noqa: E402
-from avalanche_sparcl.experiments.report import kept_section, section_markers  # noqa: E402
+from avalanche_sparcl.experiments.report import (  # noqa: E402
+    kept_section,
+    marked_section_names,
+    section_markers,
+)
 from avalanche_sparcl.experiments.runner import RunOptions, run_experiment  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -372,8 +376,9 @@ SPLIT_FMNIST_SECTION = "split_fmnist"
 take most of an hour, so `make bench` keeps the last one instead of rerunning them)."""
 
 
-SHORT_SCHEDULE_SECTIONS = ("short_schedules_split_digits", "short_schedules_split_fmnist_quick")
-"""Sections written by experiments/short_schedules.py (45 runs per benchmark), kept by `make bench`."""
+SHORT_SCHEDULE_PREFIX = "short_schedules_"
+"""Sections written by experiments/short_schedules.py (one per benchmark, data subset, ``--sparcl``
+options and ``--starts``), each kept by `make bench`."""
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -420,7 +425,7 @@ def main(argv: list[str] | None = None) -> None:
     start, end = section_markers(EXPORT_SECTION)
     markdown += f"\n{start}\n{export_section(report['machine']).rstrip()}\n{end}\n"
     markdown += kept_section(args.docs / "benchmarks.md", SPLIT_FMNIST_SECTION)
-    for section in SHORT_SCHEDULE_SECTIONS:
+    for section in marked_section_names(args.docs / "benchmarks.md", SHORT_SCHEDULE_PREFIX):
         markdown += kept_section(args.docs / "benchmarks.md", section)
     markdown += kept_section(args.docs / "benchmarks.md", DISTRIBUTED_SECTION)
     (args.docs / "benchmarks.md").write_text(markdown)

@@ -125,6 +125,21 @@ def test_marked_sections_are_appended_replaced_and_kept(tmp_path):
     assert kept_section(tmp_path / "absent.md", "claim") == ""
 
 
+def test_every_section_with_a_prefix_is_found_in_file_order(tmp_path):
+    """`make bench` rewrites docs/benchmarks.md keeping every short-schedule section, not a fixed list."""
+    from avalanche_sparcl.experiments.report import marked_section_names, replace_section
+
+    page = tmp_path / "benchmarks.md"
+    for name in ("short_schedules_b", "claim", "short_schedules_a_pc500_min_experience_steps-0"):
+        replace_section(page, name, f"## {name}")
+    page.write_text(page.read_text() + "<!-- short_schedules_c: start -->\nno end marker\n")
+    assert marked_section_names(page, "short_schedules_") == [
+        "short_schedules_b",
+        "short_schedules_a_pc500_min_experience_steps-0",
+    ]
+    assert marked_section_names(tmp_path / "absent.md", "short_schedules_") == []
+
+
 # Fake run folders: results.json files as the runner writes them, with made-up numbers, so grouping,
 # labels and errors are tested without training.
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -338,6 +339,14 @@ def kept_section(path: Path, name: str) -> str:
     if start not in text or end not in text:
         return ""
     return "\n" + text[text.index(start) : text.index(end) + len(end)] + "\n"
+
+
+def marked_section_names(path: Path, prefix: str) -> list[str]:
+    """The names of the marked sections of the file at ``path`` that start with ``prefix``, in the
+    file's order (those with both markers), so a command that rewrites the file keeps every one."""
+    text = path.read_text() if path.is_file() else ""
+    names = re.findall(r"<!-- (" + re.escape(prefix) + r"\S*): start -->", text)
+    return [name for name in dict.fromkeys(names) if section_markers(name)[1] in text]
 
 
 def replace_section(path: Path, name: str, content: str) -> None:
