@@ -69,7 +69,6 @@ DEFAULT_MIN_EXPERIENCE_STEPS = default("min_experience_steps")
 """Fewest optimizer steps an experience needs for DDR to remove any of its data (module docstring)."""
 
 
-
 @dataclass(frozen=True)
 class DDRSettings:
     """DDR hyperparameters; defaults are the paper setting (30% removed in 4 stages by epoch 20 of 50).

@@ -97,6 +97,9 @@ class Range:
 
 FRACTION = Range("fraction")
 """[0, 1): a share that cannot be everything."""
+SCHEDULE_FRACTION = Range("fraction", include_low=False, include_high=True)
+"""(0, 1]: a point of the experience's epochs."""
+
 SHORT_EXPERIENCE_STEPS = 256
 """Experiences of fewer optimizer steps (and fewer than ``FULL_SCHEDULE_EPOCHS`` epochs) are short for
 DDR and the masked head (the defaults of ``min_experience_steps`` and ``min_masked_head_steps``); TDM's
@@ -120,6 +123,14 @@ def counted(count: int, singular: str, plural: str | None = None) -> str:
     return f"{count} {singular if count == 1 else plural or singular + 's'}"
 
 
+def experience_length(n_epochs: int, iterations_per_epoch: int) -> str:
+    """How the short-schedule warnings name an experience: 'an experience of 27 optimizer steps (3
+    epochs of 9 minibatches)'."""
+    steps = counted(n_epochs * iterations_per_epoch, "optimizer step")
+    minibatches = counted(iterations_per_epoch, "minibatch", "minibatches")
+    return f"an experience of {steps} ({counted(n_epochs, 'epoch')} of {minibatches})"
+
+
 def is_short_experience(n_epochs: int, iterations_per_epoch: int | None, min_steps: int) -> bool:
     """Whether an experience of ``n_epochs`` epochs of ``iterations_per_epoch`` minibatches is too short
     for a part that needs ``min_steps`` optimizer steps: fewer steps and fewer than
@@ -127,9 +138,6 @@ def is_short_experience(n_epochs: int, iterations_per_epoch: int | None, min_ste
     if iterations_per_epoch is None or n_epochs >= FULL_SCHEDULE_EPOCHS:
         return False
     return n_epochs * iterations_per_epoch < min_steps
-
-SCHEDULE_FRACTION = Range("fraction", include_low=False, include_high=True)
-"""(0, 1]: a point of the experience's epochs."""
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from avalanche_sparcl.settings import counted
+
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs" / "benchmarks.md"
 QUICK = ROOT / "experiments" / "configs" / "split_fmnist_quick"
@@ -371,10 +373,6 @@ def summarise_memory(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 def verdict(met: bool, detail: str) -> str:
     return f"met ({detail})" if met else f"**missed** ({detail})"
-
-
-def counted(n: int, noun: str) -> str:
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def mib(n_bytes: float) -> str:

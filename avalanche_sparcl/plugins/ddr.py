@@ -57,7 +57,7 @@ from avalanche_sparcl.plugins.ddr_positions import (
     with_positions,
 )
 from avalanche_sparcl.plugins.tdm import minibatches_per_epoch
-from avalanche_sparcl.settings import counted, default
+from avalanche_sparcl.settings import default, experience_length
 from avalanche_sparcl.validation import reject_unknown_options
 
 OTHER_TRAINING_DATA: dict[type, str] = {
@@ -171,8 +171,7 @@ class DDRPlugin(SupervisedPlugin, supports_distributed=True):
             )
         elif too_few_steps(epochs, minibatches, self.settings):
             reason = (
-                f"an experience of {epochs * minibatches} optimizer steps ({epochs} epochs of "
-                f"{counted(minibatches, 'minibatch', 'minibatches')}) is shorter than min_experience_steps="
+                f"{experience_length(epochs, minibatches)} is shorter than min_experience_steps="
                 f"{self.settings.min_experience_steps}: the network still needs every example, so "
                 "no data is removed from such experiences; min_experience_steps=0 forces removal"
             )

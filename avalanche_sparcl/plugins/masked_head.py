@@ -13,7 +13,7 @@ from torch import Tensor
 from avalanche_sparcl.logits import kept_columns
 from avalanche_sparcl.plugins.composition import replays_current_examples
 from avalanche_sparcl.plugins.tdm import minibatches_per_epoch
-from avalanche_sparcl.settings import check_options, counted, default, is_short_experience
+from avalanche_sparcl.settings import check_options, default, experience_length, is_short_experience
 
 
 class MaskedHeadPlugin(SupervisedPlugin, supports_distributed=True):
@@ -72,12 +72,10 @@ class MaskedHeadPlugin(SupervisedPlugin, supports_distributed=True):
             return
         self.warned_short = True
         warnings.warn(
-            f"MaskedHeadPlugin: an experience of {epochs * minibatches} optimizer steps "
-            f"({counted(epochs, 'epoch')} of "
-            f"{counted(minibatches, 'minibatch', 'minibatches')}) is shorter than min_masked_head_steps="
-            f"{self.min_masked_head_steps}: there the current classes need their own examples to compete "
-            "with the old ones, so the head is not masked in such experiences; min_masked_head_steps=0 "
-            "forces it; this warning is given once",
+            f"MaskedHeadPlugin: {experience_length(epochs, minibatches)} is shorter than "
+            f"min_masked_head_steps={self.min_masked_head_steps}: there the current classes need their own "
+            "examples to compete with the old ones, so the head is not masked in such experiences; "
+            "min_masked_head_steps=0 forces it; this warning is given once",
             stacklevel=2,
         )
 

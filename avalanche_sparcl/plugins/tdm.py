@@ -13,7 +13,7 @@ from avalanche.models.packnet import PackNetModule, PackNetPlugin
 from avalanche_sparcl.distributed import unwrap
 from avalanche_sparcl.plugins.composition import refuse_two_mask_owners
 from avalanche_sparcl.plugins.probe import probe_forward
-from avalanche_sparcl.settings import counted, default
+from avalanche_sparcl.settings import default, experience_length
 from avalanche_sparcl.sparse.dynamic import DynamicSparsity, TDMSettings
 from avalanche_sparcl.sparse.gradient_masks import GradientMasking
 from avalanche_sparcl.sparse.layers import (
@@ -233,10 +233,8 @@ def minibatches_per_epoch(strategy: Any) -> int | None:
 
 def fixed_mask_warning(epochs: int, iterations_per_epoch: int, settings: TDMSettings) -> str:
     """Why an experience keeps its mask fixed, and how to force the paper schedule."""
-    steps = epochs * iterations_per_epoch
     return (
-        f"TDMPlugin: an experience of {counted(steps, 'optimizer step')} ({counted(epochs, 'epoch')} "
-        f"of {counted(iterations_per_epoch, 'minibatch', 'minibatches')}) has no room for a mask "
+        f"TDMPlugin: {experience_length(epochs, iterations_per_epoch)} has no room for a mask "
         f"update at least min_update_steps={settings.min_update_steps} steps or one epoch after its "
         "start and before "
         f"the freeze (freeze_at={settings.freeze_at:g}), so the mask stays fixed in such "

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from avalanche_sparcl.distributed import check_agreement
-from avalanche_sparcl.settings import counted, is_short_experience
+from avalanche_sparcl.settings import experience_length, is_short_experience
 from avalanche_sparcl.sparse.masks import (
     as_mask,
     highest_positions,
@@ -71,11 +71,9 @@ class GradientMasking:
         if not self.warned_short:
             self.warned_short = True
             warnings.warn(
-                f"DGMPlugin: an experience of {n_epochs * iterations_per_epoch} optimizer steps "
-                f"({counted(n_epochs, 'epoch')} of "
-                f"{counted(iterations_per_epoch, 'minibatch', 'minibatches')}) "
-                f"is shorter than min_gradient_masking_steps={self.min_steps}: every gradient of the kept "
-                "weights is needed at so few steps, so DGM masks no gradient in such experiences; "
+                f"DGMPlugin: {experience_length(n_epochs, iterations_per_epoch)} is shorter than "
+                f"min_gradient_masking_steps={self.min_steps}: every gradient of the kept weights is needed "
+                "at so few steps, so DGM masks no gradient in such experiences; "
                 "min_gradient_masking_steps=0 forces DGM; this warning is given once",
                 stacklevel=2,
             )
